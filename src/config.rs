@@ -1,0 +1,285 @@
+//! Flags (each with a `CLICKEDGE_*` environment variable; the command line wins)
+//! turned into a validated [`Config`], in this one place. Nothing here binds a socket
+//! or reads the links file, so a bad configuration fails before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::consume::ConsumeArgs;
+use crate::links::{is_query_name, LinksSource};
+use crate::sink::KafkaSettings;
+
+/// A click-redirect edge: link map -> 302 -> click event in Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "clickedge", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a topic's messages (key, headers, value) as JSON lines.
+    Consume(ConsumeArgs),
+}
+
+/// The edge's flags, as given.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Address of the plain HTTP listener.
+    #[arg(long, env = "CLICKEDGE_HTTP", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub http: String,
+
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(long, env = "CLICKEDGE_ADMIN", default_value = "127.0.0.1:9090", value_name = "ADDR")]
+    pub admin: String,
+
+    /// Links file (NDJSON). Without it, the embedded sample links are served.
+    #[arg(long, env = "CLICKEDGE_LINKS", value_name = "FILE")]
+    pub links: Option<PathBuf>,
+
+    /// Refuse a links file with any invalid record (by default invalid records are
+    /// reported and skipped).
+    #[arg(long, env = "CLICKEDGE_STRICT")]
+    pub strict: bool,
+
+    /// Validate the configuration and the links file, then exit.
+    #[arg(long, env = "CLICKEDGE_CHECK")]
+    pub check: bool,
+
+    /// Kafka bootstrap servers. Without it, an embedded development Kafka is started.
+    #[arg(long, env = "CLICKEDGE_KAFKA_BROKERS", value_name = "HOST:PORT,...")]
+    pub kafka_brokers: Option<String>,
+
+    /// Topic of the click events.
+    #[arg(long, env = "CLICKEDGE_KAFKA_TOPIC", default_value = "clicks", value_name = "TOPIC")]
+    pub kafka_topic: String,
+
+    /// A librdkafka setting, `key=value` (repeatable; in the environment variable,
+    /// separate several with `;`).
+    #[arg(
+        long = "kafka-option",
+        env = "CLICKEDGE_KAFKA_OPTION",
+        value_name = "KEY=VALUE",
+        value_delimiter = ';'
+    )]
+    pub kafka_options: Vec<String>,
+
+    /// Written into every event as `node` (default: the host name).
+    #[arg(long, env = "CLICKEDGE_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// Query parameter that carries the click id to the destination.
+    #[arg(long, env = "CLICKEDGE_CLICK_ID_PARAM", default_value = "clickid", value_name = "NAME")]
+    pub click_id_param: String,
+
+    /// Neither set nor read the `ce_vid` visitor cookie.
+    #[arg(long, env = "CLICKEDGE_NO_VISITOR_COOKIE")]
+    pub no_visitor_cookie: bool,
+
+    /// How long shutdown waits for in-flight requests, then for Kafka to acknowledge
+    /// queued events (each), e.g. `10s`, `500ms`.
+    #[arg(long, env = "CLICKEDGE_SHUTDOWN_TIMEOUT", default_value = "10s", value_name = "DURATION")]
+    pub shutdown_timeout: String,
+}
+
+/// The validated configuration of one edge.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub links: LinksSource,
+    pub strict: bool,
+    pub check: bool,
+    pub kafka: KafkaSettings,
+    pub node_id: String,
+    pub click_id_param: String,
+    pub visitor_cookie: bool,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag} {value:?} is not a socket address (like 127.0.0.1:8080 or [::]:8080)")]
+    Address { flag: &'static str, value: String },
+    #[error("--kafka-option {0:?} must be key=value")]
+    KafkaOption(String),
+    #[error("--kafka-topic {0:?} is not a Kafka topic name (1-249 characters of [A-Za-z0-9._-])")]
+    Topic(String),
+    #[error("--kafka-brokers is empty")]
+    Brokers,
+    #[error("--click-id-param {0:?} must be 1-64 characters of [A-Za-z0-9_.-]")]
+    ClickIdParam(String),
+    #[error("--node-id {0:?} must be 1-255 printable characters")]
+    NodeId(String),
+    #[error("--shutdown-timeout {0:?} is not a duration (like 10s, 500ms or 1m)")]
+    Duration(String),
+}
+
+impl Config {
+    /// Validates raw flags.
+    pub fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
+        let address = |flag: &'static str, value: &str| {
+            value.parse::<SocketAddr>().map_err(|_| ConfigError::Address {
+                flag,
+                value: value.to_owned(),
+            })
+        };
+        let http = address("http", &args.http)?;
+        let admin = address("admin", &args.admin)?;
+
+        let brokers = match args.kafka_brokers {
+            Some(b) if b.trim().is_empty() => return Err(ConfigError::Brokers),
+            other => other,
+        };
+        let topic = args.kafka_topic;
+        let topic_ok = (1..=249).contains(&topic.len())
+            && topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && topic != "."
+            && topic != "..";
+        if !topic_ok {
+            return Err(ConfigError::Topic(topic));
+        }
+        let options = args
+            .kafka_options
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| parse_kafka_option(o))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let node_id = match args.node_id {
+            Some(id) => id,
+            None => gethostname::gethostname().to_string_lossy().into_owned(),
+        };
+        if node_id.is_empty() || node_id.len() > 255 || node_id.chars().any(char::is_control) {
+            return Err(ConfigError::NodeId(node_id));
+        }
+        if !is_query_name(&args.click_id_param) {
+            return Err(ConfigError::ClickIdParam(args.click_id_param));
+        }
+        let shutdown_timeout = parse_duration(&args.shutdown_timeout)
+            .ok_or_else(|| ConfigError::Duration(args.shutdown_timeout.clone()))?;
+
+        Ok(Config {
+            http,
+            admin,
+            links: args.links.map_or(LinksSource::Sample, LinksSource::File),
+            strict: args.strict,
+            check: args.check,
+            kafka: KafkaSettings {
+                brokers,
+                topic,
+                options,
+                client_id: format!("clickedge-{node_id}"),
+            },
+            node_id,
+            click_id_param: args.click_id_param,
+            visitor_cookie: !args.no_visitor_cookie,
+            shutdown_timeout,
+        })
+    }
+
+    /// Parses and validates a command line (`argv[0]` first) as `main` would, for the
+    /// edge itself (not a subcommand).
+    pub fn from_argv<I, T>(argv: I) -> anyhow::Result<Config>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(argv)?;
+        anyhow::ensure!(cli.command.is_none(), "a subcommand is not an edge configuration");
+        Ok(Config::from_args(cli.run)?)
+    }
+}
+
+pub(crate) fn parse_kafka_option(option: &str) -> Result<(String, String), ConfigError> {
+    match option.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(ConfigError::KafkaOption(option.to_owned())),
+    }
+}
+
+/// `10s`, `500ms`, `2m`, or a bare number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_spec_defaults() {
+        let c = Config::from_argv(["clickedge"]).unwrap();
+        assert_eq!(c.http, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.admin, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.kafka.topic, "clicks");
+        assert_eq!(c.kafka.brokers, None);
+        assert_eq!(c.click_id_param, "clickid");
+        assert!(c.visitor_cookie);
+        assert_eq!(c.links, LinksSource::Sample);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert!(!c.node_id.is_empty());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        for (argv, needle) in [
+            (vec!["clickedge", "--http", "localhost"], "--http"),
+            (vec!["clickedge", "--kafka-option", "novalue"], "--kafka-option"),
+            (vec!["clickedge", "--kafka-topic", "a b"], "--kafka-topic"),
+            (vec!["clickedge", "--click-id-param", "a&b"], "--click-id-param"),
+            (vec!["clickedge", "--shutdown-timeout", "soon"], "--shutdown-timeout"),
+            (vec!["clickedge", "--kafka-brokers", " "], "--kafka-brokers"),
+        ] {
+            let err = Config::from_argv(argv.clone()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn kafka_options_and_durations_parse() {
+        let c = Config::from_argv([
+            "clickedge",
+            "--kafka-option",
+            "linger.ms=20",
+            "--kafka-option",
+            "sasl.mechanism=PLAIN",
+            "--shutdown-timeout",
+            "1500ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.kafka.options,
+            vec![
+                ("linger.ms".to_owned(), "20".to_owned()),
+                ("sasl.mechanism".to_owned(), "PLAIN".to_owned())
+            ]
+        );
+        assert_eq!(c.shutdown_timeout, Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("-1s"), None);
+    }
+}

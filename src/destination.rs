@@ -1,0 +1,373 @@
+//! Building the `Location` of a redirect (SPEC §2 "Destination building").
+//!
+//! A record's `url` is split once at load time into the part before the query, its
+//! query parameters and its fragment. Per request we only merge the incoming query
+//! into those parts and append the click id, writing into one `String`.
+
+use std::borrow::Cow;
+
+use url::Url;
+
+/// A record's destination URL, pre-split so the request path does no URL parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// `scheme://host[:port]/path`, normalized by the URL parser.
+    base: Box<str>,
+    params: Box<[QueryParam]>,
+    /// Without the `#`.
+    fragment: Option<Box<str>>,
+}
+
+/// One `name=value` pair as written in a URL, with its decoded name for comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct QueryParam {
+    name: Box<str>,
+    raw: Box<str>,
+}
+
+impl Destination {
+    /// Parses an absolute `http`/`https` URL; the error is a reason for a person.
+    pub fn parse(url: &str) -> Result<Destination, String> {
+        let parsed = Url::parse(url).map_err(|e| format!("{url:?} is not an absolute URL: {e}"))?;
+        Destination::from_url(&parsed).ok_or_else(|| {
+            format!("{url:?} must be an absolute http or https URL with a host")
+        })
+    }
+
+    fn from_url(url: &Url) -> Option<Destination> {
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return None;
+        }
+        let full = url.as_str();
+        let base_end = url
+            .query()
+            .map(|q| full.len() - q.len() - 1 - url.fragment().map_or(0, |f| f.len() + 1))
+            .unwrap_or_else(|| full.len() - url.fragment().map_or(0, |f| f.len() + 1));
+        let params = url
+            .query()
+            .map(|q| {
+                q.split('&')
+                    .filter(|segment| !segment.is_empty())
+                    .map(|segment| QueryParam {
+                        name: decode_component(segment.split('=').next().unwrap_or(""))
+                            .into_owned()
+                            .into_boxed_str(),
+                        raw: segment.into(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Destination {
+            base: full[..base_end].into(),
+            params,
+            fragment: url.fragment().map(Into::into),
+        })
+    }
+
+    /// The URL as the record gave it (normalized), without request parameters.
+    pub fn to_url_string(&self) -> String {
+        let mut out = String::new();
+        self.write_location(&IncomingQuery::default(), false, None, &mut out);
+        out
+    }
+
+    /// Writes the `Location`: this URL's parameters, then the forwarded incoming ones
+    /// (an incoming name replaces the destination's), then `{param}={click_id}`.
+    pub fn write_location(
+        &self,
+        incoming: &IncomingQuery<'_>,
+        forward_query: bool,
+        click_id: Option<(&str, &str)>,
+        out: &mut String,
+    ) {
+        out.clear();
+        out.push_str(&self.base);
+        let click_param = click_id.map(|(name, _)| name);
+        let forwarded: &[(Cow<'_, str>, &str)] = if forward_query {
+            &incoming.forwarded
+        } else {
+            &[]
+        };
+        let mut separator = '?';
+        let mut push = |raw: &str, out: &mut String| {
+            out.push(separator);
+            separator = '&';
+            out.push_str(raw);
+        };
+        for param in self.params.iter() {
+            let replaced = forwarded.iter().any(|(name, _)| *name == *param.name);
+            if !replaced && click_param != Some(&*param.name) {
+                push(&param.raw, out);
+            }
+        }
+        for (name, raw) in forwarded {
+            if click_param != Some(name) {
+                push(raw, out);
+            }
+        }
+        if let Some((name, id)) = click_id {
+            out.push(separator);
+            out.push_str(name);
+            out.push('=');
+            out.push_str(id);
+        }
+        if let Some(fragment) = &self.fragment {
+            out.push('#');
+            out.push_str(fragment);
+        }
+    }
+}
+
+/// The incoming query, split into what is consumed (tracking parameters, recorded
+/// in the event) and what is forwarded to the destination.
+#[derive(Debug, Default)]
+pub struct IncomingQuery<'a> {
+    /// Decoded name, and the `name=value` segment exactly as it came.
+    pub forwarded: Vec<(Cow<'a, str>, &'a str)>,
+    pub sub_ids: [Option<Cow<'a, str>>; 3],
+    pub shared_id: Option<Cow<'a, str>>,
+    /// The decoded `u=` deep link, not yet checked.
+    pub deeplink: Option<Cow<'a, str>>,
+}
+
+impl<'a> IncomingQuery<'a> {
+    /// Splits a raw query string. Tracking parameter names are matched without
+    /// regard to case, so `subid1` is consumed as well as `subId1`.
+    pub fn parse(query: Option<&'a str>) -> IncomingQuery<'a> {
+        let mut parsed = IncomingQuery::default();
+        let Some(query) = query else {
+            return parsed;
+        };
+        for segment in query.split('&').filter(|s| !s.is_empty()) {
+            let (raw_name, raw_value) = segment.split_once('=').unwrap_or((segment, ""));
+            let name = decode_component(raw_name);
+            let slot = if name.eq_ignore_ascii_case("subId1") {
+                &mut parsed.sub_ids[0]
+            } else if name.eq_ignore_ascii_case("subId2") {
+                &mut parsed.sub_ids[1]
+            } else if name.eq_ignore_ascii_case("subId3") {
+                &mut parsed.sub_ids[2]
+            } else if name.eq_ignore_ascii_case("sharedid") {
+                &mut parsed.shared_id
+            } else if name.eq_ignore_ascii_case("u") {
+                &mut parsed.deeplink
+            } else {
+                parsed.forwarded.push((name, segment));
+                continue;
+            };
+            // The first occurrence wins, like most query readers.
+            if slot.is_none() {
+                *slot = Some(decode_component(raw_value));
+            }
+        }
+        parsed
+    }
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component (`+` is a space),
+/// borrowing when there is nothing to decode.
+fn decode_component(raw: &str) -> Cow<'_, str> {
+    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(raw);
+    }
+    let spaced = raw.replace('+', " ");
+    Cow::Owned(
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
+/// An entry of a record's `deeplink_hosts`: `www.acme.com`, or `*.acme.com` for any
+/// subdomain of acme.com (not acme.com itself: list it too if it is meant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(Box<str>),
+    /// Holds `.acme.com`, so a suffix test cannot match `evilacme.com`.
+    AnySubdomainOf(Box<str>),
+}
+
+impl HostPattern {
+    pub fn parse(pattern: &str) -> Result<HostPattern, String> {
+        let lower = pattern.trim_end_matches('.').to_ascii_lowercase();
+        let (wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            && !name.starts_with('.')
+            && !name.contains("..");
+        if !ok {
+            return Err(format!(
+                "{pattern:?} is not a host name or `*.` wildcard (no scheme, port or path)"
+            ));
+        }
+        Ok(if wildcard {
+            HostPattern::AnySubdomainOf(format!(".{name}").into_boxed_str())
+        } else {
+            HostPattern::Exact(name.into())
+        })
+    }
+
+    /// `host` must already be lowercase without a trailing dot.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(name) => host == &**name,
+            HostPattern::AnySubdomainOf(suffix) => {
+                host.len() > suffix.len() && host.ends_with(&**suffix)
+            }
+        }
+    }
+}
+
+/// Checks a decoded `u=` value against the allow-list; `Some` is the destination to
+/// use instead of the record's `url`. Anything else (other schemes, relative or
+/// scheme-relative URLs, hosts not listed) is refused: no open redirect.
+pub fn accept_deeplink(candidate: &str, allowed: &[HostPattern]) -> Option<Destination> {
+    if allowed.is_empty() {
+        return None;
+    }
+    let url = Url::parse(candidate.trim()).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    let host = url.host_str()?;
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if !allowed.iter().any(|pattern| pattern.matches(host)) {
+        return None;
+    }
+    Destination::from_url(&url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(dest: &str, query: Option<&str>, forward: bool) -> String {
+        let dest = Destination::parse(dest).unwrap();
+        let incoming = IncomingQuery::parse(query);
+        let mut out = String::new();
+        dest.write_location(&incoming, forward, Some(("clickid", "01ABC")), &mut out);
+        out
+    }
+
+    #[test]
+    fn click_id_is_appended() {
+        assert_eq!(
+            location("https://www.acme.com/summer", None, true),
+            "https://www.acme.com/summer?clickid=01ABC"
+        );
+        assert_eq!(
+            location("https://www.acme.com", None, true),
+            "https://www.acme.com/?clickid=01ABC"
+        );
+    }
+
+    #[test]
+    fn incoming_params_are_appended_and_win_on_clash() {
+        assert_eq!(
+            location(
+                "https://acme.com/p?utm_source=aff&color=red#top",
+                Some("color=blue&size=m"),
+                true
+            ),
+            "https://acme.com/p?utm_source=aff&color=blue&size=m&clickid=01ABC#top"
+        );
+    }
+
+    #[test]
+    fn tracking_params_are_consumed_not_forwarded() {
+        let q = "subId1=a&subId2=b%20c&subId3=&sharedid=xyz&u=https%3A%2F%2Fx.com&keep=1";
+        assert_eq!(
+            location("https://acme.com/", Some(q), true),
+            "https://acme.com/?keep=1&clickid=01ABC"
+        );
+        let parsed = IncomingQuery::parse(Some(q));
+        assert_eq!(parsed.sub_ids[0].as_deref(), Some("a"));
+        assert_eq!(parsed.sub_ids[1].as_deref(), Some("b c"));
+        assert_eq!(parsed.sub_ids[2].as_deref(), Some(""));
+        assert_eq!(parsed.shared_id.as_deref(), Some("xyz"));
+        assert_eq!(parsed.deeplink.as_deref(), Some("https://x.com"));
+    }
+
+    #[test]
+    fn forward_query_false_keeps_only_record_params_and_click_id() {
+        assert_eq!(
+            location("https://acme.com/?a=1", Some("b=2&subId1=s"), false),
+            "https://acme.com/?a=1&clickid=01ABC"
+        );
+    }
+
+    #[test]
+    fn a_spoofed_click_id_is_replaced() {
+        assert_eq!(
+            location("https://acme.com/?clickid=old", Some("clickid=evil"), true),
+            "https://acme.com/?clickid=01ABC"
+        );
+    }
+
+    #[test]
+    fn incoming_names_are_compared_decoded() {
+        assert_eq!(
+            location("https://acme.com/?a%20b=1", Some("a+b=2"), true),
+            "https://acme.com/?a+b=2&clickid=01ABC"
+        );
+    }
+
+    fn allow(patterns: &[&str]) -> Vec<HostPattern> {
+        patterns.iter().map(|p| HostPattern::parse(p).unwrap()).collect()
+    }
+
+    #[test]
+    fn deeplink_exact_and_wildcard_hosts() {
+        let allowed = allow(&["www.acme.com", "*.acme-shop.com"]);
+        assert!(accept_deeplink("https://www.acme.com/shoes?x=1", &allowed).is_some());
+        assert!(accept_deeplink("https://WWW.ACME.COM./shoes", &allowed).is_some());
+        assert!(accept_deeplink("http://eu.acme-shop.com/", &allowed).is_some());
+        assert!(accept_deeplink("https://a.b.acme-shop.com/", &allowed).is_some());
+        // The wildcard names subdomains only.
+        assert!(accept_deeplink("https://acme-shop.com/", &allowed).is_none());
+    }
+
+    #[test]
+    fn deeplink_lookalikes_and_bad_schemes_are_rejected() {
+        let allowed = allow(&["www.acme.com", "*.acme.com"]);
+        for bad in [
+            "https://www.acme.com.evil.example/",
+            "https://evilacme.com/",
+            "https://www.acme.com@evil.example/",
+            "https://evil.example/?https://www.acme.com",
+            "https://evil.example\\@www.acme.com/",
+            "//www.acme.com/path",
+            "/path",
+            "javascript:alert(1)//www.acme.com",
+            "JavaScript://www.acme.com/%0aalert(1)",
+            "data:text/html,<script>alert(1)</script>",
+            "ftp://www.acme.com/",
+            "",
+        ] {
+            assert!(accept_deeplink(bad, &allowed).is_none(), "accepted {bad:?}");
+        }
+        assert!(accept_deeplink("https://www.acme.com/", &[]).is_none());
+    }
+
+    #[test]
+    fn deeplink_destination_keeps_its_query_and_merges() {
+        let allowed = allow(&["www.acme.com"]);
+        let dest = accept_deeplink("https://www.acme.com/shoes?size=9#r", &allowed).unwrap();
+        let incoming = IncomingQuery::parse(Some("u=ignored&color=red"));
+        let mut out = String::new();
+        dest.write_location(&incoming, true, Some(("cid", "X")), &mut out);
+        assert_eq!(out, "https://www.acme.com/shoes?size=9&color=red&cid=X#r");
+    }
+
+    #[test]
+    fn host_patterns_refuse_urls() {
+        assert!(HostPattern::parse("https://acme.com").is_err());
+        assert!(HostPattern::parse("acme.com/path").is_err());
+        assert!(HostPattern::parse("*.").is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! Link records, the map they form, and how a request finds its record (SPEC §2).
+
+mod map;
+mod record;
+mod resolve;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use map::{HostLinks, LinkCounts, LinkMap};
+pub use record::{
+    is_query_name, is_valid_id, parse_record, record_from_object, AppSite, Link, LinkKind, Record, RecordError,
+    RecordKey, RedirectStatus,
+};
+pub use resolve::{resolve, AppSiteFile, Route};
+
+/// The sample links served when no `--links` file is given, so that a first
+/// `cargo run` redirects something real.
+pub const SAMPLE_LINKS: &str = include_str!("../../examples/links.ndjson");
+
+/// An invalid record: where it is and why it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based, as editors count.
+    pub line: usize,
+    pub reason: RecordError,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+/// A map that loaded, with the records that were skipped.
+#[derive(Debug)]
+pub struct Loaded {
+    pub map: LinkMap,
+    /// Valid lines read (a later record with the same key counts again).
+    pub valid: usize,
+    pub invalid: Vec<LineError>,
+}
+
+/// Why a links file did not become the map. The previous map stays in service.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read links file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{source_name} holds no valid link record{}", list(errors))]
+    NoValidRecords {
+        source_name: String,
+        errors: Vec<LineError>,
+    },
+    #[error(
+        "{source_name} has more invalid records ({}) than valid ones ({valid}); refusing it as garbled or the wrong file{}",
+        errors.len(), list(errors)
+    )]
+    MostlyInvalid {
+        source_name: String,
+        valid: usize,
+        errors: Vec<LineError>,
+    },
+    #[error("{source_name} has {} invalid record(s) and --strict is set{}", errors.len(), list(errors))]
+    Strict {
+        source_name: String,
+        errors: Vec<LineError>,
+    },
+}
+
+impl LoadError {
+    /// The invalid lines behind the error, if it is about the content.
+    pub fn line_errors(&self) -> &[LineError] {
+        match self {
+            LoadError::Read { .. } => &[],
+            LoadError::NoValidRecords { errors, .. }
+            | LoadError::MostlyInvalid { errors, .. }
+            | LoadError::Strict { errors, .. } => errors,
+        }
+    }
+}
+
+/// Lists line errors in a message, but not ten thousand of them.
+fn list(errors: &[LineError]) -> String {
+    const SHOWN: usize = 20;
+    let mut out = String::new();
+    for error in errors.iter().take(SHOWN) {
+        out.push_str("\n  ");
+        out.push_str(&error.to_string());
+    }
+    if errors.len() > SHOWN {
+        out.push_str(&format!("\n  … and {} more", errors.len() - SHOWN));
+    }
+    out
+}
+
+/// Where the links come from: a file, or the embedded sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinksSource {
+    File(PathBuf),
+    Sample,
+}
+
+impl LinksSource {
+    pub fn load(&self, strict: bool) -> Result<Loaded, LoadError> {
+        match self {
+            LinksSource::File(path) => load_file(path, strict),
+            LinksSource::Sample => load_str(SAMPLE_LINKS, "the embedded sample links", strict),
+        }
+    }
+}
+
+impl fmt::Display for LinksSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinksSource::File(path) => write!(f, "{}", path.display()),
+            LinksSource::Sample => f.write_str("embedded sample (examples/links.ndjson)"),
+        }
+    }
+}
+
+pub fn load_file(path: &Path, strict: bool) -> Result<Loaded, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    load_str(&text, &path.display().to_string(), strict)
+}
+
+/// Loads NDJSON text: one record per line; blank lines and `#` comments are skipped.
+pub fn load_str(text: &str, source_name: &str, strict: bool) -> Result<Loaded, LoadError> {
+    let mut map = LinkMap::default();
+    let mut valid = 0;
+    let mut invalid = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        match parse_record(trimmed) {
+            Ok(record) => {
+                map.upsert(record);
+                valid += 1;
+            }
+            Err(reason) => invalid.push(LineError {
+                line: index + 1,
+                reason,
+            }),
+        }
+    }
+    let source_name = source_name.to_owned();
+    if strict && !invalid.is_empty() {
+        return Err(LoadError::Strict {
+            source_name,
+            errors: invalid,
+        });
+    }
+    if valid == 0 {
+        return Err(LoadError::NoValidRecords {
+            source_name,
+            errors: invalid,
+        });
+    }
+    if invalid.len() > valid {
+        return Err(LoadError::MostlyInvalid {
+            source_name,
+            valid,
+            errors: invalid,
+        });
+    }
+    Ok(Loaded {
+        map,
+        valid,
+        invalid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"type":"fallback","host":"a.io","url":"https://a.com/"}"#;
+
+    #[test]
+    fn invalid_lines_are_reported_with_number_and_skipped() {
+        let text = format!("# comment\n\n{GOOD}\n{{\"type\":\"vanity\"}}\n{GOOD}\n");
+        let loaded = load_str(&text, "t", false).unwrap();
+        assert_eq!(loaded.valid, 2);
+        assert_eq!(loaded.map.len(), 1, "same key replaces");
+        assert_eq!(loaded.invalid.len(), 1);
+        assert_eq!(loaded.invalid[0].line, 4);
+        assert!(loaded.invalid[0].reason.0.contains("host"));
+    }
+
+    #[test]
+    fn strict_refuses_any_invalid_record() {
+        let text = format!("{GOOD}\nnot json\n");
+        let err = load_str(&text, "links.ndjson", true).unwrap_err();
+        assert!(matches!(err, LoadError::Strict { .. }));
+        let message = err.to_string();
+        assert!(message.contains("line 2: not valid JSON"), "{message}");
+    }
+
+    #[test]
+    fn a_file_without_valid_records_fails() {
+        assert!(matches!(
+            load_str("# only a comment\n", "t", false),
+            Err(LoadError::NoValidRecords { .. })
+        ));
+    }
+
+    #[test]
+    fn more_invalid_than_valid_fails() {
+        let text = format!("{GOOD}\nx\ny\n");
+        let err = load_str(&text, "t", false).unwrap_err();
+        assert!(matches!(err, LoadError::MostlyInvalid { valid: 1, .. }));
+        assert_eq!(err.line_errors().len(), 2);
+        // A tie still loads: only outnumbering refuses.
+        assert!(load_str(&format!("{GOOD}\nx\n"), "t", false).is_ok());
+    }
+
+    #[test]
+    fn the_sample_links_load_cleanly() {
+        let loaded = LinksSource::Sample.load(true).unwrap();
+        let counts = loaded.map.counts();
+        assert!(counts.tracking > 0 && counts.vanity > 0);
+        assert!(counts.domain > 0 && counts.fallback > 0);
+    }
+}

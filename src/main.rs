@@ -1,0 +1,102 @@
+//! The `clickedge` binary: parse flags, validate, then run the library's server.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clickedge::config::{Cli, Command};
+use clickedge::links::LoadError;
+use clickedge::{Config, Server};
+
+/// Bad flags or configuration (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// A links file that cannot become the map (sysexits EX_DATAERR).
+const EXIT_LINKS: u8 = 65;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+
+    if let Some(Command::Consume(args)) = &cli.command {
+        let mut stdout = std::io::stdout().lock();
+        return match clickedge::consume::run(args, &mut stdout) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("clickedge consume: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let config = match Config::from_args(cli.run) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("clickedge: {error:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if config.check {
+        return check(&config);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("clickedge: cannot start the runtime: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let server = Server::bind(config).await?;
+        server.run(clickedge::signal::shutdown()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("clickedge: {error:#}");
+            if error.downcast_ref::<LoadError>().is_some() {
+                ExitCode::from(EXIT_LINKS)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// `--check`: the configuration parsed; now the links file, every bad line named.
+fn check(config: &Config) -> ExitCode {
+    match config.links.load(config.strict) {
+        Ok(loaded) => {
+            for error in &loaded.invalid {
+                eprintln!("{}: {error} (skipped)", config.links);
+            }
+            let counts = loaded.map.counts();
+            println!(
+                "{}: OK, {} records ({} tracking, {} vanity, {} domain, {} fallback, {} app_site), {} invalid skipped",
+                config.links,
+                loaded.map.len(),
+                counts.tracking,
+                counts.vanity,
+                counts.domain,
+                counts.fallback,
+                counts.app_site,
+                loaded.invalid.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("clickedge: {error:#}");
+            ExitCode::from(EXIT_LINKS)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,327 @@
+//! Prometheus metrics (SPEC §7): every name in one place, and the handles the
+//! request path uses.
+//!
+//! Each server owns its recorder rather than installing a global one, so several
+//! servers in one process (the tests) keep separate counts. Handles are registered
+//! once and kept, so the request path increments an atomic and looks nothing up.
+
+use std::sync::{Arc, OnceLock};
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::links::LinkCounts;
+
+pub const REQUESTS_TOTAL: &str = "clickedge_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "clickedge_request_duration_seconds";
+pub const CLICK_EVENTS_TOTAL: &str = "clickedge_click_events_total";
+pub const SPOOL_SIZE_BYTES: &str = "clickedge_spool_size_bytes";
+pub const KAFKA_QUEUE_MESSAGES: &str = "clickedge_kafka_queue_messages";
+pub const KAFKA_BROKER_UP: &str = "clickedge_kafka_broker_up";
+pub const LINKS: &str = "clickedge_links";
+pub const LINKS_RELOADS_TOTAL: &str = "clickedge_links_reloads_total";
+pub const LINKS_LAST_RELOAD_TIMESTAMP_SECONDS: &str =
+    "clickedge_links_last_reload_timestamp_seconds";
+pub const CONNECTIONS_ACTIVE: &str = "clickedge_connections_active";
+pub const BUILD_INFO: &str = "clickedge_build_info";
+
+/// Redirects are answered in tens of microseconds; the upper buckets catch stalls.
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0,
+];
+
+/// What happened to a click event (`clickedge_click_events_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventResult {
+    /// Accepted by the producer's queue.
+    Queued,
+    /// Acknowledged by the broker.
+    Delivered,
+    /// Written to the disk spool.
+    Spooled,
+    /// Delivered from the spool.
+    Replayed,
+    /// Lost: could not be queued nor spooled. Always logged.
+    Dropped,
+    /// The producer gave up on it (delivery error).
+    Failed,
+}
+
+impl EventResult {
+    const ALL: [EventResult; 6] = [
+        EventResult::Queued,
+        EventResult::Delivered,
+        EventResult::Spooled,
+        EventResult::Replayed,
+        EventResult::Dropped,
+        EventResult::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventResult::Queued => "queued",
+            EventResult::Delivered => "delivered",
+            EventResult::Spooled => "spooled",
+            EventResult::Replayed => "replayed",
+            EventResult::Dropped => "dropped",
+            EventResult::Failed => "failed",
+        }
+    }
+}
+
+/// The `type` label of `clickedge_requests_total`: the record type that answered, or
+/// `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestType {
+    Tracking,
+    Vanity,
+    Domain,
+    Fallback,
+    AppSite,
+    None,
+}
+
+impl RequestType {
+    const COUNT: usize = 6;
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RequestType::Tracking => "tracking",
+            RequestType::Vanity => "vanity",
+            RequestType::Domain => "domain",
+            RequestType::Fallback => "fallback",
+            RequestType::AppSite => "app_site",
+            RequestType::None => "none",
+        }
+    }
+}
+
+/// The `outcome` label of `clickedge_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Redirect,
+    Interstitial,
+    AppStore,
+    AppSite,
+    Robots,
+    NotFound,
+    UnknownHost,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+impl Outcome {
+    const COUNT: usize = 9;
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Redirect => "redirect",
+            Outcome::Interstitial => "interstitial",
+            Outcome::AppStore => "app_store",
+            Outcome::AppSite => "app_site",
+            Outcome::Robots => "robots",
+            Outcome::NotFound => "not_found",
+            Outcome::UnknownHost => "unknown_host",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// Statuses the edge answers with; the label must stay bounded.
+const STATUSES: [(u16, &str); 7] = [
+    (200, "200"),
+    (302, "302"),
+    (307, "307"),
+    (400, "400"),
+    (404, "404"),
+    (405, "405"),
+    (500, "500"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Http,
+    Admin,
+}
+
+const REQUEST_SLOTS: usize = RequestType::COUNT * Outcome::COUNT * STATUSES.len();
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// One lazily registered counter per (type, outcome, status).
+    requests: Box<[OnceLock<Counter>]>,
+    request_duration: Histogram,
+    events: [Counter; 6],
+    pub spool_size_bytes: Gauge,
+    pub kafka_queue_messages: Gauge,
+    pub kafka_broker_up: Gauge,
+    links: [Gauge; 5],
+    reloads_success: Counter,
+    reloads_error: Counter,
+    last_reload: Gauge,
+    connections: [Gauge; 2],
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(REQUEST_DURATION_SECONDS.to_owned()),
+                DURATION_BUCKETS,
+            )
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            recorder.register_counter(&key(name, labels), &metadata())
+        };
+        let gauge = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            recorder.register_gauge(&key(name, labels), &metadata())
+        };
+        let events = EventResult::ALL.map(|r| counter(CLICK_EVENTS_TOTAL, &[("result", r.as_str())]));
+        let links = ["tracking", "vanity", "domain", "fallback", "app_site"]
+            .map(|t| gauge(LINKS, &[("type", t)]));
+        let connections = ["http", "admin"].map(|l| gauge(CONNECTIONS_ACTIVE, &[("listener", l)]));
+        gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
+        let metrics = Metrics {
+            requests: (0..REQUEST_SLOTS).map(|_| OnceLock::new()).collect(),
+            request_duration: recorder
+                .register_histogram(&Key::from_static_name(REQUEST_DURATION_SECONDS), &metadata()),
+            events,
+            spool_size_bytes: gauge(SPOOL_SIZE_BYTES, &[]),
+            kafka_queue_messages: gauge(KAFKA_QUEUE_MESSAGES, &[]),
+            kafka_broker_up: gauge(KAFKA_BROKER_UP, &[]),
+            links,
+            reloads_success: counter(LINKS_RELOADS_TOTAL, &[("result", "success")]),
+            reloads_error: counter(LINKS_RELOADS_TOTAL, &[("result", "error")]),
+            last_reload: gauge(LINKS_LAST_RELOAD_TIMESTAMP_SECONDS, &[]),
+            connections,
+            handle,
+            recorder,
+        };
+        Arc::new(metrics)
+    }
+
+    /// Counts an answered request and its duration.
+    pub fn request(&self, kind: RequestType, outcome: Outcome, status: u16, seconds: f64) {
+        let status_index = STATUSES
+            .iter()
+            .position(|(code, _)| *code == status)
+            .unwrap_or(STATUSES.len() - 1);
+        let slot = (kind as usize * Outcome::COUNT + outcome as usize) * STATUSES.len() + status_index;
+        self.requests[slot]
+            .get_or_init(|| {
+                self.recorder.register_counter(
+                    &key(
+                        REQUESTS_TOTAL,
+                        &[
+                            ("type", kind.as_str()),
+                            ("outcome", outcome.as_str()),
+                            ("status", STATUSES[status_index].1),
+                        ],
+                    ),
+                    &metadata(),
+                )
+            })
+            .increment(1);
+        self.request_duration.record(seconds);
+    }
+
+    pub fn event(&self, result: EventResult, count: u64) {
+        self.events[result as usize].increment(count);
+    }
+
+    /// Records a (re)load of the link map.
+    pub fn links_loaded(&self, counts: LinkCounts, unix_seconds: f64) {
+        let values = [
+            counts.tracking,
+            counts.vanity,
+            counts.domain,
+            counts.fallback,
+            counts.app_site,
+        ];
+        for (gauge, value) in self.links.iter().zip(values) {
+            gauge.set(value as f64);
+        }
+        self.reloads_success.increment(1);
+        self.last_reload.set(unix_seconds);
+    }
+
+    pub fn links_load_failed(&self) {
+        self.reloads_error.increment(1);
+    }
+
+    pub fn connection_opened(&self, listener: Listener) {
+        self.connections[listener as usize].increment(1.0);
+    }
+
+    pub fn connection_closed(&self, listener: Listener) {
+        self.connections[listener as usize].decrement(1.0);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; must run periodically, or
+    /// samples pile up between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::from_static_parts(k, v))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+fn metadata() -> Metadata<'static> {
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels_and_a_bucketed_histogram() {
+        let m = Metrics::new();
+        m.request(RequestType::Tracking, Outcome::Redirect, 302, 0.0001);
+        m.request(RequestType::Tracking, Outcome::Redirect, 302, 0.0001);
+        m.request(RequestType::None, Outcome::UnknownHost, 404, 0.00001);
+        m.event(EventResult::Queued, 3);
+        m.upkeep();
+        let text = m.render();
+        assert!(
+            text.contains(r#"clickedge_requests_total{type="tracking",outcome="redirect",status="302"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"clickedge_click_events_total{result="queued"} 3"#), "{text}");
+        assert!(text.contains(r#"clickedge_click_events_total{result="dropped"} 0"#), "{text}");
+        assert!(text.contains("clickedge_request_duration_seconds_bucket{le=\"0.00025\"} 3"), "{text}");
+        assert!(!text.contains("quantile"), "a histogram, not a summary: {text}");
+        assert!(text.contains(r#"clickedge_build_info{version=""#), "{text}");
+    }
+
+    #[test]
+    fn servers_do_not_share_counts() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.event(EventResult::Dropped, 1);
+        assert!(a.render().contains(r#"result="dropped"} 1"#));
+        assert!(b.render().contains(r#"result="dropped"} 0"#));
+    }
+}

@@ -1,0 +1,288 @@
+//! The edge's request path: request → resolve → response + click event → sink.
+//!
+//! Synchronous on purpose: nothing here waits. The map is a lock-free snapshot, the
+//! event is handed to the producer's bounded queue, and no I/O happens.
+
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_LANGUAGE, ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, REFERER, SET_COOKIE, USER_AGENT,
+};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use time::OffsetDateTime;
+
+use super::request::{
+    asks_not_to_be_tracked, header_text, request_host, visitor_cookie, visitor_set_cookie,
+};
+use super::AppState;
+use crate::click_id::ClickId;
+use crate::destination::{accept_deeplink, IncomingQuery};
+use crate::event::ClickEvent;
+use crate::links::{resolve, AppSiteFile, Link, LinkKind, Route};
+use crate::metrics::{Outcome, RequestType};
+
+const ROBOTS_TXT: &str = "User-agent: *\nDisallow: /";
+const X_ROBOTS_TAG: &str = "x-robots-tag";
+
+type Body = Full<Bytes>;
+
+/// Answers one edge request and counts it.
+pub fn handle<B>(state: &AppState, request: &Request<B>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let (response, kind, outcome) = answer(state, request, peer);
+    state.metrics.request(
+        kind,
+        outcome,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+fn answer<B>(
+    state: &AppState,
+    request: &Request<B>,
+    peer: SocketAddr,
+) -> (Response<Body>, RequestType, Outcome) {
+    let method = request.method();
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return (response, RequestType::None, Outcome::MethodNotAllowed);
+    }
+    let Some(host) = request_host(request) else {
+        return (
+            text(StatusCode::BAD_REQUEST, "bad request: no Host\n"),
+            RequestType::None,
+            Outcome::BadRequest,
+        );
+    };
+    let path = request.uri().path();
+    let now = SystemTime::now();
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let map = state.links.load();
+
+    match resolve(&map, &host, path, now_ms) {
+        Route::Robots => (
+            text(StatusCode::OK, ROBOTS_TXT),
+            RequestType::None,
+            Outcome::Robots,
+        ),
+        Route::AppSite(site, file) => {
+            let body = match file {
+                AppSiteFile::AppleAppSiteAssociation => site.apple_app_site_association.as_deref(),
+                AppSiteFile::AssetLinks => site.assetlinks.as_deref(),
+            };
+            let mut response = Response::new(Full::new(Bytes::copy_from_slice(
+                body.unwrap_or_default().as_bytes(),
+            )));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            (response, RequestType::AppSite, Outcome::AppSite)
+        }
+        Route::UnknownHost => (
+            text(StatusCode::NOT_FOUND, "unknown host\n"),
+            RequestType::None,
+            Outcome::UnknownHost,
+        ),
+        Route::NotFound => (
+            text(StatusCode::NOT_FOUND, "not found\n"),
+            RequestType::None,
+            Outcome::NotFound,
+        ),
+        Route::Redirect { link, partner_id } => {
+            let click = Click {
+                state,
+                request,
+                peer,
+                host: &host,
+                path,
+                now,
+                link,
+                partner_id,
+            };
+            (click.redirect(), request_type(link.kind), Outcome::Redirect)
+        }
+    }
+}
+
+/// One tracked request that resolved to a record.
+struct Click<'a, B> {
+    state: &'a AppState,
+    request: &'a Request<B>,
+    peer: SocketAddr,
+    host: &'a str,
+    path: &'a str,
+    now: SystemTime,
+    link: &'a Link,
+    partner_id: Option<&'a str>,
+}
+
+impl<B> Click<'_, B> {
+    fn redirect(&self) -> Response<Body> {
+        let Click {
+            state,
+            request,
+            link,
+            ..
+        } = *self;
+        let click_id = ClickId::generate(self.now);
+        let query = IncomingQuery::parse(request.uri().query());
+
+        let (visitor, new_visitor) = if state.visitor_cookie && !asks_not_to_be_tracked(request) {
+            match visitor_cookie(request) {
+                Some(known) => (Some(known), false),
+                None => (Some(ClickId::generate(self.now)), true),
+            }
+        } else {
+            (None, false)
+        };
+
+        let deeplink = query
+            .deeplink
+            .as_deref()
+            .map(|u| accept_deeplink(u, &link.deeplink_hosts));
+        let destination = match &deeplink {
+            Some(Some(accepted)) => accepted,
+            _ => &link.destination,
+        };
+        let click_id_param = link
+            .click_id_param
+            .as_deref()
+            .unwrap_or(&state.click_id_param);
+        let mut location = String::with_capacity(256);
+        destination.write_location(
+            &query,
+            link.forward_query,
+            Some((click_id_param, click_id.as_str())),
+            &mut location,
+        );
+
+        let status = link.status.code();
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::from_u16(status).expect("302 and 307 are statuses");
+        let headers = response.headers_mut();
+        match HeaderValue::from_str(&location) {
+            Ok(value) => headers.insert(LOCATION, value),
+            // Unreachable in practice: request targets and parsed URLs are visible ASCII.
+            Err(_) => headers.insert(
+                LOCATION,
+                HeaderValue::from_str(&link.destination.to_url_string())
+                    .unwrap_or_else(|_| HeaderValue::from_static("/")),
+            ),
+        };
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex"));
+        if let (Some(visitor), true) = (&visitor, new_visitor) {
+            if let Ok(cookie) = HeaderValue::from_str(&visitor_set_cookie(visitor, false)) {
+                headers.insert(SET_COOKIE, cookie);
+            }
+        }
+
+        // HEADs come from link previews with browser agents: no event, or they
+        // would count as clicks.
+        if request.method() == Method::GET {
+            let deeplink_outcome = deeplink.as_ref().map(|accepted| {
+                if accepted.is_some() {
+                    "accepted"
+                } else {
+                    "rejected"
+                }
+            });
+            self.emit(
+                &click_id,
+                visitor.as_ref(),
+                new_visitor,
+                &query,
+                deeplink_outcome,
+                &location,
+                status,
+            );
+        }
+        response
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &self,
+        click_id: &ClickId,
+        visitor: Option<&ClickId>,
+        new_visitor: bool,
+        query: &IncomingQuery<'_>,
+        deeplink: Option<&str>,
+        location: &str,
+        status: u16,
+    ) {
+        let request = self.request;
+        let user_agent = header_text(request, &USER_AGENT);
+        let referer = header_text(request, &REFERER);
+        let accept_language = header_text(request, &ACCEPT_LANGUAGE);
+        let client = self.state.classifier.classify(user_agent.as_deref());
+        let link = self.link;
+        let is_fallback = link.kind == LinkKind::Fallback;
+        let event = ClickEvent {
+            v: 1,
+            click_id: click_id.as_str(),
+            ts: OffsetDateTime::from(self.now),
+            kind: link.kind.as_str(),
+            outcome: "redirect",
+            host: self.host,
+            path: self.path,
+            partner_id: self.partner_id,
+            ad_id: link.ad_id.as_deref().filter(|_| !is_fallback),
+            campaign_id: link.campaign_id.as_deref().filter(|_| !is_fallback),
+            slug: link.slug.as_deref(),
+            location,
+            status,
+            shared_id: query.shared_id.as_deref(),
+            sub_ids: [
+                query.sub_ids[0].as_deref(),
+                query.sub_ids[1].as_deref(),
+                query.sub_ids[2].as_deref(),
+            ],
+            deeplink,
+            visitor_id: visitor.map(ClickId::as_str),
+            new_visitor,
+            ip: self.peer.ip().to_canonical().to_string(),
+            user_agent: user_agent.as_deref(),
+            referer: referer.as_deref(),
+            accept_language: accept_language.as_deref(),
+            device: client.device.as_str(),
+            os: client.os.as_str(),
+            bot: client.bot,
+            scheme: "http",
+            node: &self.state.node_id,
+        };
+        // One visitor's clicks share a key, so they stay ordered on one partition.
+        let key = visitor.unwrap_or(click_id).as_str();
+        self.state.sink.send(key.as_bytes(), &event.to_json());
+    }
+}
+
+fn request_type(kind: LinkKind) -> RequestType {
+    match kind {
+        LinkKind::Tracking => RequestType::Tracking,
+        LinkKind::Vanity => RequestType::Vanity,
+        LinkKind::Domain => RequestType::Domain,
+        LinkKind::Fallback => RequestType::Fallback,
+    }
+}
+
+/// A short plain-text answer (also used by the admin listener).
+pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

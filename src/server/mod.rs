@@ -1,0 +1,280 @@
+//! The listeners and the shutdown sequence.
+//!
+//! [`Server::bind`] loads the links, starts the event sink and binds the sockets, so
+//! a caller (a test with `127.0.0.1:0`) can learn the addresses before serving.
+//! [`Server::run`] serves until its shutdown future completes, then drains: `/readyz`
+//! turns 503, the edge stops accepting, in-flight requests finish within
+//! `--shutdown-timeout`, and the producer is flushed within it too.
+
+mod admin;
+mod edge;
+pub mod request;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::links::{LinkMap, Loaded};
+use crate::metrics::{Listener, Metrics};
+use crate::sink::KafkaSink;
+use crate::useragent::Classifier;
+
+/// Slow clients get this long to send their request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The admin listener outlives the edge's drain by at most this, to answer probes.
+const ADMIN_DRAIN: Duration = Duration::from_secs(2);
+
+/// What every request handler shares. Reads never wait: the map is an `ArcSwap`
+/// snapshot and everything else is immutable or atomic.
+pub struct AppState {
+    /// Replaced whole on reload; a request keeps the snapshot it started with.
+    pub links: ArcSwap<LinkMap>,
+    pub metrics: Arc<Metrics>,
+    pub sink: Arc<KafkaSink>,
+    pub classifier: Classifier,
+    pub node_id: Box<str>,
+    /// `--click-id-param`, unless a record overrides it.
+    pub click_id_param: Box<str>,
+    /// False with `--no-visitor-cookie`.
+    pub visitor_cookie: bool,
+    /// Set at the start of shutdown: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
+}
+
+pub struct Server {
+    state: Arc<AppState>,
+    http: TcpListener,
+    admin: TcpListener,
+    shutdown_timeout: Duration,
+}
+
+impl Server {
+    /// Loads the links, starts the event sink and binds both listeners.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let metrics = Metrics::new();
+        let loaded = load_links(&config, &metrics)?;
+
+        let kafka = config.kafka.clone();
+        let sink_metrics = metrics.clone();
+        let sink = tokio::task::spawn_blocking(move || KafkaSink::start(&kafka, sink_metrics))
+            .await
+            .context("the Kafka start-up task panicked")??;
+
+        let http = TcpListener::bind(config.http)
+            .await
+            .with_context(|| format!("cannot listen on --http {}", config.http))?;
+        let admin = TcpListener::bind(config.admin)
+            .await
+            .with_context(|| format!("cannot listen on --admin {}", config.admin))?;
+
+        let state = Arc::new(AppState {
+            links: ArcSwap::from_pointee(loaded.map),
+            metrics,
+            sink,
+            classifier: Classifier::new(),
+            node_id: config.node_id.into(),
+            click_id_param: config.click_id_param.into(),
+            visitor_cookie: config.visitor_cookie,
+            draining: AtomicBool::new(false),
+        });
+        Ok(Server {
+            state,
+            http,
+            admin,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The Kafka bootstrap servers events go to (the embedded cluster's when no
+    /// `--kafka-brokers` was given).
+    pub fn kafka_bootstrap(&self) -> &str {
+        self.state.sink.bootstrap()
+    }
+
+    /// Serves until `shutdown` completes, then drains and flushes.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Server {
+            state,
+            http,
+            admin,
+            shutdown_timeout,
+        } = self;
+        info!(
+            message = "Serving.",
+            http = %http.local_addr()?,
+            admin = %admin.local_addr()?,
+            kafka = %state.sink.bootstrap(),
+            topic = %state.sink.topic(),
+            links = state.links.load().len(),
+        );
+        let upkeep = tokio::spawn(metrics_upkeep(state.metrics.clone()));
+        let edge_connections = GracefulShutdown::new();
+        let admin_connections = GracefulShutdown::new();
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = http.accept() => {
+                    serve(&state, &edge_connections, accepted, Listener::Http).await;
+                }
+                accepted = admin.accept() => {
+                    serve(&state, &admin_connections, accepted, Listener::Admin).await;
+                }
+            }
+        }
+
+        state.draining.store(true, Ordering::SeqCst);
+        drop(http);
+        info!(message = "Draining: no new connections; finishing in-flight requests.");
+        // Keep answering probes (503) while the edge drains.
+        let (admin_stop, mut admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_state = state.clone();
+        let admin_loop = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut admin_stopped => break,
+                    accepted = admin.accept() => {
+                        serve(&admin_state, &admin_connections, accepted, Listener::Admin).await;
+                    }
+                }
+            }
+            admin_connections
+        });
+
+        if tokio::time::timeout(shutdown_timeout, edge_connections.shutdown())
+            .await
+            .is_err()
+        {
+            warn!(
+                message = "Shutdown timeout reached with requests still in flight; closing them.",
+                timeout_ms = shutdown_timeout.as_millis() as u64
+            );
+        }
+
+        let sink = state.sink.clone();
+        let left = tokio::task::spawn_blocking(move || sink.flush(shutdown_timeout))
+            .await
+            .context("the Kafka flush task panicked")?;
+        if left > 0 {
+            warn!(message = "Click events not acknowledged at shutdown.", events = left);
+        }
+
+        let _ = admin_stop.send(());
+        if let Ok(admin_connections) = admin_loop.await {
+            let _ = tokio::time::timeout(ADMIN_DRAIN, admin_connections.shutdown()).await;
+        }
+        upkeep.abort();
+        info!(message = "Stopped.");
+        Ok(())
+    }
+}
+
+fn load_links(config: &Config, metrics: &Metrics) -> anyhow::Result<Loaded> {
+    let loaded = match config.links.load(config.strict) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            metrics.links_load_failed();
+            return Err(error.into());
+        }
+    };
+    for error in &loaded.invalid {
+        warn!(
+            message = "Invalid link record skipped.",
+            source = %config.links,
+            line = error.line,
+            reason = %error.reason
+        );
+    }
+    let counts = loaded.map.counts();
+    metrics.links_loaded(counts, unix_seconds());
+    info!(
+        message = "Links loaded.",
+        source = %config.links,
+        records = loaded.map.len(),
+        invalid = loaded.invalid.len(),
+        tracking = counts.tracking,
+        vanity = counts.vanity,
+        domain = counts.domain,
+        fallback = counts.fallback,
+        app_site = counts.app_site,
+    );
+    Ok(loaded)
+}
+
+fn unix_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Starts serving one accepted connection on its own task.
+async fn serve(
+    state: &Arc<AppState>,
+    connections: &GracefulShutdown,
+    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+    listener: Listener,
+) {
+    let (stream, peer) = match accepted {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            // Out of file descriptors and the like: back off instead of spinning.
+            warn!(message = "Accept failed.", %error);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(stream);
+    let handler_state = state.clone();
+    let service = service_fn(move |request| {
+        let state = handler_state.clone();
+        async move {
+            Ok::<_, Infallible>(match listener {
+                Listener::Http => edge::handle(&state, &request, peer),
+                Listener::Admin => admin::handle(&state, &request),
+            })
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, service);
+    let connection = connections.watch(connection);
+    let metrics = state.metrics.clone();
+    metrics.connection_opened(listener);
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            debug!(message = "Connection ended with an error.", %error, %peer);
+        }
+        metrics.connection_closed(listener);
+    });
+}
+
+async fn metrics_upkeep(metrics: Arc<Metrics>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        metrics.upkeep();
+    }
+}

@@ -1,0 +1,136 @@
+//! Reading what the edge needs from a request: its host, headers as text, the
+//! visitor cookie and the privacy signals.
+
+use std::borrow::Cow;
+
+use http::header::{COOKIE, HOST};
+use http::{HeaderName, Request};
+
+use crate::click_id::ClickId;
+
+/// The visitor cookie's name.
+pub const VISITOR_COOKIE: &str = "ce_vid";
+
+/// A `Host` value (or absolute-form authority) made comparable with record hosts:
+/// lowercase, no port, no trailing dot. `None` when there is no usable host.
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
+    let raw = raw.rsplit('@').next().unwrap_or(raw).trim();
+    let host = if raw.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop a port after them.
+        &raw[..=raw.find(']')?]
+    } else {
+        match raw.rfind(':') {
+            Some(colon) if raw[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..colon],
+            Some(_) => return None,
+            None => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+/// The host a request is for: the absolute-form authority, else `Host`.
+pub fn request_host<B>(request: &Request<B>) -> Option<Cow<'_, str>> {
+    let raw = match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(HOST)?.to_str().ok()?,
+    };
+    normalize_host(raw)
+}
+
+/// A header as text, replacing bytes that are not UTF-8 rather than dropping it.
+pub fn header_text<'r, B>(request: &'r Request<B>, name: &HeaderName) -> Option<Cow<'r, str>> {
+    let value = request.headers().get(name)?;
+    Some(match value.to_str() {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(value.as_bytes()),
+    })
+}
+
+/// `Sec-GPC: 1` or `DNT: 1`: the visitor cookie is neither read nor set.
+pub fn asks_not_to_be_tracked<B>(request: &Request<B>) -> bool {
+    let is_one = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .is_some_and(|v| v.as_bytes().trim_ascii() == b"1")
+    };
+    is_one("sec-gpc") || is_one("dnt")
+}
+
+/// The visitor id from a well-formed `ce_vid` cookie.
+pub fn visitor_cookie<B>(request: &Request<B>) -> Option<ClickId> {
+    request
+        .headers()
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == VISITOR_COOKIE)
+        .and_then(|c| ClickId::parse(c.value()))
+}
+
+/// The `Set-Cookie` value for a new visitor: a year, HTTP only, not sent on
+/// cross-site subrequests, and `Secure` when the click came over TLS.
+pub fn visitor_set_cookie(visitor: &ClickId, secure: bool) -> String {
+    format!(
+        "{VISITOR_COOKIE}={visitor}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_normalized() {
+        for (raw, want) in [
+            ("acme.sjv.io", Some("acme.sjv.io")),
+            ("ACME.sjv.IO", Some("acme.sjv.io")),
+            ("acme.sjv.io:8080", Some("acme.sjv.io")),
+            ("acme.sjv.io.", Some("acme.sjv.io")),
+            ("Acme.Sjv.Io.:443", Some("acme.sjv.io")),
+            ("[::1]:8080", Some("[::1]")),
+            ("user@acme.sjv.io", Some("acme.sjv.io")),
+            ("", None),
+            (":80", None),
+            ("acme:x", None),
+        ] {
+            assert_eq!(normalize_host(raw).as_deref(), want, "{raw:?}");
+        }
+    }
+
+    fn request(headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().uri("/");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_visitor_cookie_is_found_among_others_and_checked() {
+        let id = ClickId::generate(std::time::SystemTime::now());
+        let cookie = format!("a=1; ce_vid={id}; b=2");
+        assert_eq!(visitor_cookie(&request(&[("cookie", &cookie)])), Some(id));
+        assert_eq!(visitor_cookie(&request(&[("cookie", "ce_vid=garbage")])), None);
+        assert_eq!(visitor_cookie(&request(&[])), None);
+    }
+
+    #[test]
+    fn privacy_signals() {
+        assert!(asks_not_to_be_tracked(&request(&[("Sec-GPC", "1")])));
+        assert!(asks_not_to_be_tracked(&request(&[("DNT", "1")])));
+        assert!(!asks_not_to_be_tracked(&request(&[("DNT", "0")])));
+        assert!(!asks_not_to_be_tracked(&request(&[])));
+    }
+}
