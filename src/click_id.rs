@@ -92,7 +92,9 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 std::thread::spawn(move || {
-                    (0..10_000).map(|_| ClickId::generate(now)).collect::<Vec<_>>()
+                    (0..10_000)
+                        .map(|_| ClickId::generate(now))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -112,6 +114,10 @@ mod tests {
         assert_eq!(ClickId::parse(&id.as_str().to_lowercase()), Some(id));
         assert_eq!(ClickId::parse("not-a-ulid"), None);
         assert_eq!(ClickId::parse("UUUUUUUUUUUUUUUUUUUUUUUUUU"), None);
-        assert_eq!(ClickId::parse("ZZZZZZZZZZZZZZZZZZZZZZZZZZ"), None, "overflows 128 bits");
+        assert_eq!(
+            ClickId::parse("ZZZZZZZZZZZZZZZZZZZZZZZZZZ"),
+            None,
+            "overflows 128 bits"
+        );
     }
 }

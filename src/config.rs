@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::consume::ConsumeArgs;
@@ -14,7 +15,12 @@ use crate::sink::KafkaSettings;
 
 /// A click-redirect edge: link map -> 302 -> click event in Kafka.
 #[derive(Debug, Parser)]
-#[command(name = "clickedge", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "clickedge",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -32,11 +38,21 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
     /// Address of the plain HTTP listener.
-    #[arg(long, env = "CLICKEDGE_HTTP", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "CLICKEDGE_HTTP",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
     pub http: String,
 
     /// Address of the admin listener (/metrics, /healthz, /readyz).
-    #[arg(long, env = "CLICKEDGE_ADMIN", default_value = "127.0.0.1:9090", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "CLICKEDGE_ADMIN",
+        default_value = "127.0.0.1:9090",
+        value_name = "ADDR"
+    )]
     pub admin: String,
 
     /// Links file (NDJSON). Without it, the embedded sample links are served.
@@ -45,11 +61,11 @@ pub struct RunArgs {
 
     /// Refuse a links file with any invalid record (by default invalid records are
     /// reported and skipped).
-    #[arg(long, env = "CLICKEDGE_STRICT")]
+    #[arg(long, env = "CLICKEDGE_STRICT", value_parser = BoolishValueParser::new())]
     pub strict: bool,
 
     /// Validate the configuration and the links file, then exit.
-    #[arg(long, env = "CLICKEDGE_CHECK")]
+    #[arg(long, env = "CLICKEDGE_CHECK", value_parser = BoolishValueParser::new())]
     pub check: bool,
 
     /// Kafka bootstrap servers. Without it, an embedded development Kafka is started.
@@ -57,7 +73,12 @@ pub struct RunArgs {
     pub kafka_brokers: Option<String>,
 
     /// Topic of the click events.
-    #[arg(long, env = "CLICKEDGE_KAFKA_TOPIC", default_value = "clicks", value_name = "TOPIC")]
+    #[arg(
+        long,
+        env = "CLICKEDGE_KAFKA_TOPIC",
+        default_value = "clicks",
+        value_name = "TOPIC"
+    )]
     pub kafka_topic: String,
 
     /// A librdkafka setting, `key=value` (repeatable; in the environment variable,
@@ -75,16 +96,26 @@ pub struct RunArgs {
     pub node_id: Option<String>,
 
     /// Query parameter that carries the click id to the destination.
-    #[arg(long, env = "CLICKEDGE_CLICK_ID_PARAM", default_value = "clickid", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "CLICKEDGE_CLICK_ID_PARAM",
+        default_value = "clickid",
+        value_name = "NAME"
+    )]
     pub click_id_param: String,
 
     /// Neither set nor read the `ce_vid` visitor cookie.
-    #[arg(long, env = "CLICKEDGE_NO_VISITOR_COOKIE")]
+    #[arg(long, env = "CLICKEDGE_NO_VISITOR_COOKIE", value_parser = BoolishValueParser::new())]
     pub no_visitor_cookie: bool,
 
     /// How long shutdown waits for in-flight requests, then for Kafka to acknowledge
     /// queued events (each), e.g. `10s`, `500ms`.
-    #[arg(long, env = "CLICKEDGE_SHUTDOWN_TIMEOUT", default_value = "10s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "CLICKEDGE_SHUTDOWN_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
     pub shutdown_timeout: String,
 }
 
@@ -125,10 +156,12 @@ impl Config {
     /// Validates raw flags.
     pub fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
         let address = |flag: &'static str, value: &str| {
-            value.parse::<SocketAddr>().map_err(|_| ConfigError::Address {
-                flag,
-                value: value.to_owned(),
-            })
+            value
+                .parse::<SocketAddr>()
+                .map_err(|_| ConfigError::Address {
+                    flag,
+                    value: value.to_owned(),
+                })
         };
         let http = address("http", &args.http)?;
         let admin = address("admin", &args.admin)?;
@@ -194,7 +227,10 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         let cli = Cli::try_parse_from(argv)?;
-        anyhow::ensure!(cli.command.is_none(), "a subcommand is not an edge configuration");
+        anyhow::ensure!(
+            cli.command.is_none(),
+            "a subcommand is not an edge configuration"
+        );
         Ok(Config::from_args(cli.run)?)
     }
 }
@@ -247,10 +283,19 @@ mod tests {
     fn bad_values_are_refused_with_the_flag_named() {
         for (argv, needle) in [
             (vec!["clickedge", "--http", "localhost"], "--http"),
-            (vec!["clickedge", "--kafka-option", "novalue"], "--kafka-option"),
+            (
+                vec!["clickedge", "--kafka-option", "novalue"],
+                "--kafka-option",
+            ),
             (vec!["clickedge", "--kafka-topic", "a b"], "--kafka-topic"),
-            (vec!["clickedge", "--click-id-param", "a&b"], "--click-id-param"),
-            (vec!["clickedge", "--shutdown-timeout", "soon"], "--shutdown-timeout"),
+            (
+                vec!["clickedge", "--click-id-param", "a&b"],
+                "--click-id-param",
+            ),
+            (
+                vec!["clickedge", "--shutdown-timeout", "soon"],
+                "--shutdown-timeout",
+            ),
             (vec!["clickedge", "--kafka-brokers", " "], "--kafka-brokers"),
         ] {
             let err = Config::from_argv(argv.clone()).unwrap_err();

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use clap::builder::BoolishValueParser;
 use clap::Args;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -27,19 +28,34 @@ pub struct ConsumeArgs {
     pub brokers: String,
 
     /// Topic to print.
-    #[arg(long, env = "CLICKEDGE_TOPIC", default_value = "clicks", value_name = "TOPIC")]
+    #[arg(
+        long,
+        env = "CLICKEDGE_TOPIC",
+        default_value = "clicks",
+        value_name = "TOPIC"
+    )]
     pub topic: String,
 
     /// Keep printing new messages instead of stopping at the end.
-    #[arg(long, env = "CLICKEDGE_FOLLOW")]
+    #[arg(long, env = "CLICKEDGE_FOLLOW", value_parser = BoolishValueParser::new())]
     pub follow: bool,
 
     /// Give up if the end is not reached within this time (without --follow).
-    #[arg(long, env = "CLICKEDGE_TIMEOUT", default_value = "30s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "CLICKEDGE_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
     pub timeout: String,
 
     /// A librdkafka setting, `key=value` (repeatable), e.g. for SASL or TLS.
-    #[arg(long = "kafka-option", env = "CLICKEDGE_KAFKA_OPTION", value_name = "KEY=VALUE", value_delimiter = ';')]
+    #[arg(
+        long = "kafka-option",
+        env = "CLICKEDGE_KAFKA_OPTION",
+        value_name = "KEY=VALUE",
+        value_delimiter = ';'
+    )]
     pub kafka_options: Vec<String>,
 }
 

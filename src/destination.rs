@@ -29,9 +29,8 @@ impl Destination {
     /// Parses an absolute `http`/`https` URL; the error is a reason for a person.
     pub fn parse(url: &str) -> Result<Destination, String> {
         let parsed = Url::parse(url).map_err(|e| format!("{url:?} is not an absolute URL: {e}"))?;
-        Destination::from_url(&parsed).ok_or_else(|| {
-            format!("{url:?} must be an absolute http or https URL with a host")
-        })
+        Destination::from_url(&parsed)
+            .ok_or_else(|| format!("{url:?} must be an absolute http or https URL with a host"))
     }
 
     fn from_url(url: &Url) -> Option<Destination> {
@@ -318,7 +317,10 @@ mod tests {
     }
 
     fn allow(patterns: &[&str]) -> Vec<HostPattern> {
-        patterns.iter().map(|p| HostPattern::parse(p).unwrap()).collect()
+        patterns
+            .iter()
+            .map(|p| HostPattern::parse(p).unwrap())
+            .collect()
     }
 
     #[test]

@@ -106,12 +106,40 @@ mod tests {
         assert_eq!(value["ts"], "2026-11-21T10:00:00.123Z");
         assert_eq!(value["type"], "tracking");
         assert_eq!(value["sub_ids"], serde_json::json!(["a", null, null]));
-        let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         let expected = [
-            "v", "click_id", "ts", "type", "outcome", "host", "path", "partner_id", "ad_id",
-            "campaign_id", "slug", "location", "status", "shared_id", "sub_ids", "deeplink",
-            "visitor_id", "new_visitor", "ip", "user_agent", "referer", "accept_language",
-            "device", "os", "bot", "scheme", "node",
+            "v",
+            "click_id",
+            "ts",
+            "type",
+            "outcome",
+            "host",
+            "path",
+            "partner_id",
+            "ad_id",
+            "campaign_id",
+            "slug",
+            "location",
+            "status",
+            "shared_id",
+            "sub_ids",
+            "deeplink",
+            "visitor_id",
+            "new_visitor",
+            "ip",
+            "user_agent",
+            "referer",
+            "accept_language",
+            "device",
+            "os",
+            "bot",
+            "scheme",
+            "node",
         ];
         let mut sorted_expected = expected.to_vec();
         sorted_expected.sort();

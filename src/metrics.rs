@@ -8,7 +8,9 @@
 use std::sync::{Arc, OnceLock};
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::links::LinkCounts;
 
@@ -27,8 +29,8 @@ pub const BUILD_INFO: &str = "clickedge_build_info";
 
 /// Redirects are answered in tens of microseconds; the upper buckets catch stalls.
 const DURATION_BUCKETS: &[f64] = &[
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0,
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0,
 ];
 
 /// What happened to a click event (`clickedge_click_events_total{result}`).
@@ -187,15 +189,18 @@ impl Metrics {
         let gauge = |name: &'static str, labels: &[(&'static str, &'static str)]| {
             recorder.register_gauge(&key(name, labels), &metadata())
         };
-        let events = EventResult::ALL.map(|r| counter(CLICK_EVENTS_TOTAL, &[("result", r.as_str())]));
+        let events =
+            EventResult::ALL.map(|r| counter(CLICK_EVENTS_TOTAL, &[("result", r.as_str())]));
         let links = ["tracking", "vanity", "domain", "fallback", "app_site"]
             .map(|t| gauge(LINKS, &[("type", t)]));
         let connections = ["http", "admin"].map(|l| gauge(CONNECTIONS_ACTIVE, &[("listener", l)]));
         gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         let metrics = Metrics {
             requests: (0..REQUEST_SLOTS).map(|_| OnceLock::new()).collect(),
-            request_duration: recorder
-                .register_histogram(&Key::from_static_name(REQUEST_DURATION_SECONDS), &metadata()),
+            request_duration: recorder.register_histogram(
+                &Key::from_static_name(REQUEST_DURATION_SECONDS),
+                &metadata(),
+            ),
             events,
             spool_size_bytes: gauge(SPOOL_SIZE_BYTES, &[]),
             kafka_queue_messages: gauge(KAFKA_QUEUE_MESSAGES, &[]),
@@ -217,7 +222,8 @@ impl Metrics {
             .iter()
             .position(|(code, _)| *code == status)
             .unwrap_or(STATUSES.len() - 1);
-        let slot = (kind as usize * Outcome::COUNT + outcome as usize) * STATUSES.len() + status_index;
+        let slot =
+            (kind as usize * Outcome::COUNT + outcome as usize) * STATUSES.len() + status_index;
         self.requests[slot]
             .get_or_init(|| {
                 self.recorder.register_counter(
@@ -306,13 +312,27 @@ mod tests {
         m.upkeep();
         let text = m.render();
         assert!(
-            text.contains(r#"clickedge_requests_total{type="tracking",outcome="redirect",status="302"} 2"#),
+            text.contains(
+                r#"clickedge_requests_total{type="tracking",outcome="redirect",status="302"} 2"#
+            ),
             "{text}"
         );
-        assert!(text.contains(r#"clickedge_click_events_total{result="queued"} 3"#), "{text}");
-        assert!(text.contains(r#"clickedge_click_events_total{result="dropped"} 0"#), "{text}");
-        assert!(text.contains("clickedge_request_duration_seconds_bucket{le=\"0.00025\"} 3"), "{text}");
-        assert!(!text.contains("quantile"), "a histogram, not a summary: {text}");
+        assert!(
+            text.contains(r#"clickedge_click_events_total{result="queued"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"clickedge_click_events_total{result="dropped"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("clickedge_request_duration_seconds_bucket{le=\"0.00025\"} 3"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("quantile"),
+            "a histogram, not a summary: {text}"
+        );
         assert!(text.contains(r#"clickedge_build_info{version=""#), "{text}");
     }
 

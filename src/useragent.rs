@@ -94,8 +94,14 @@ impl Classifier {
 
     pub fn classify(&self, user_agent: Option<&str>) -> Client {
         let ua = user_agent.map(str::trim).unwrap_or("");
-        let parsed = if ua.is_empty() { None } else { self.parser.parse(ua) };
-        let os = parsed.as_ref().map_or_else(|| os_from_ua(ua), |r| os_from_woothee(r.os, ua));
+        let parsed = if ua.is_empty() {
+            None
+        } else {
+            self.parser.parse(ua)
+        };
+        let os = parsed
+            .as_ref()
+            .map_or_else(|| os_from_ua(ua), |r| os_from_woothee(r.os, ua));
         let bot = ua.is_empty()
             || parsed.as_ref().is_some_and(|r| r.category == "crawler")
             || self.bots.is_bot(ua);

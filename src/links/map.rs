@@ -46,10 +46,7 @@ pub struct HostLinks {
 
 impl HostLinks {
     pub fn tracking(&self, campaign_id: &str, ad_id: &str) -> Option<&Arc<Link>> {
-        self.tracking.get(&TrackingRef {
-            campaign_id,
-            ad_id,
-        })
+        self.tracking.get(&TrackingRef { campaign_id, ad_id })
     }
 
     /// `slug` must already be lowercase.
@@ -147,10 +144,7 @@ impl LinkMap {
                 campaign_id, ad_id, ..
             } => host
                 .tracking
-                .remove(&TrackingRef {
-                    campaign_id,
-                    ad_id,
-                })
+                .remove(&TrackingRef { campaign_id, ad_id })
                 .is_some(),
             RecordKey::Vanity { slug, .. } => host.vanity.remove(&**slug).is_some(),
             RecordKey::Domain { .. } => host.domain.take().is_some(),

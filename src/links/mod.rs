@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 pub use map::{HostLinks, LinkCounts, LinkMap};
 pub use record::{
-    is_query_name, is_valid_id, parse_record, record_from_object, AppSite, Link, LinkKind, Record, RecordError,
-    RecordKey, RedirectStatus,
+    is_query_name, is_valid_id, parse_record, record_from_object, AppSite, Link, LinkKind, Record,
+    RecordError, RecordKey, RedirectStatus,
 };
 pub use resolve::{resolve, AppSiteFile, Route};
 

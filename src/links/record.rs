@@ -262,10 +262,16 @@ pub fn record_from_object(obj: &Map<String, Value>) -> Result<Record, RecordErro
             .map(|item| match item {
                 Value::String(s) => HostPattern::parse(s)
                     .map_err(|reason| invalid(format!("field `deeplink_hosts`: {reason}"))),
-                _ => Err(invalid("field `deeplink_hosts` must be an array of host names")),
+                _ => Err(invalid(
+                    "field `deeplink_hosts` must be an array of host names",
+                )),
             })
             .collect::<Result<Box<[_]>, _>>()?,
-        Some(_) => return Err(invalid("field `deeplink_hosts` must be an array of host names")),
+        Some(_) => {
+            return Err(invalid(
+                "field `deeplink_hosts` must be an array of host names",
+            ))
+        }
     };
     let app = match obj.get("app") {
         None | Some(Value::Null) => None,
@@ -368,7 +374,9 @@ fn optional_time(obj: &Map<String, Value>, field: &str) -> Result<Option<i64>, R
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
             let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
-                invalid(format!("field `{field}` {s:?} is not an RFC 3339 time: {e}"))
+                invalid(format!(
+                    "field `{field}` {s:?} is not an RFC 3339 time: {e}"
+                ))
             })?;
             Ok(Some((t.unix_timestamp_nanos() / 1_000_000) as i64))
         }
@@ -463,8 +471,7 @@ mod tests {
         .unwrap_err();
         assert!(err.0.contains("301"), "{err}");
         assert_eq!(
-            link(r#"{"type":"fallback","host":"a.io","url":"https://a.com/","status":307}"#)
-                .status,
+            link(r#"{"type":"fallback","host":"a.io","url":"https://a.com/","status":307}"#).status,
             RedirectStatus::TemporaryRedirect
         );
     }
@@ -472,16 +479,43 @@ mod tests {
     #[test]
     fn bad_fields_name_the_field() {
         let cases = [
-            (r#"{"type":"tracking","host":"a.io","campaign_id":"1","url":"https://a.com"}"#, "ad_id"),
-            (r#"{"type":"tracking","host":"a.io","campaign_id":"1 2","ad_id":"1","url":"https://a.com"}"#, "campaign_id"),
-            (r#"{"type":"domain","host":"a.io","campaign_id":"1","ad_id":"1","url":"https://a.com"}"#, "partner_id"),
-            (r#"{"type":"fallback","host":"a.io","url":"ftp://a.com"}"#, "url"),
-            (r#"{"type":"fallback","host":"a.io","url":"/relative"}"#, "url"),
-            (r#"{"type":"fallback","host":"https://a.io","url":"https://a.com"}"#, "host"),
+            (
+                r#"{"type":"tracking","host":"a.io","campaign_id":"1","url":"https://a.com"}"#,
+                "ad_id",
+            ),
+            (
+                r#"{"type":"tracking","host":"a.io","campaign_id":"1 2","ad_id":"1","url":"https://a.com"}"#,
+                "campaign_id",
+            ),
+            (
+                r#"{"type":"domain","host":"a.io","campaign_id":"1","ad_id":"1","url":"https://a.com"}"#,
+                "partner_id",
+            ),
+            (
+                r#"{"type":"fallback","host":"a.io","url":"ftp://a.com"}"#,
+                "url",
+            ),
+            (
+                r#"{"type":"fallback","host":"a.io","url":"/relative"}"#,
+                "url",
+            ),
+            (
+                r#"{"type":"fallback","host":"https://a.io","url":"https://a.com"}"#,
+                "host",
+            ),
             (r#"{"type":"teleport","host":"a.io"}"#, "teleport"),
-            (r#"{"type":"vanity","host":"a.io","slug":"a/b","partner_id":"1","campaign_id":"1","ad_id":"1","url":"https://a.com"}"#, "slug"),
-            (r#"{"type":"fallback","host":"a.io","url":"https://a.com","valid_from":"yesterday"}"#, "valid_from"),
-            (r#"{"type":"app_site","host":"a.io"}"#, "apple_app_site_association"),
+            (
+                r#"{"type":"vanity","host":"a.io","slug":"a/b","partner_id":"1","campaign_id":"1","ad_id":"1","url":"https://a.com"}"#,
+                "slug",
+            ),
+            (
+                r#"{"type":"fallback","host":"a.io","url":"https://a.com","valid_from":"yesterday"}"#,
+                "valid_from",
+            ),
+            (
+                r#"{"type":"app_site","host":"a.io"}"#,
+                "apple_app_site_association",
+            ),
             (r#"[1,2]"#, "object"),
             (r#"{"type":"#, "JSON"),
         ];

@@ -128,7 +128,9 @@ fn vanity_slug(path: &str) -> Option<Cow<'_, str>> {
     if slug.is_empty() || slug.contains('/') {
         return None;
     }
-    let decoded = percent_encoding::percent_decode_str(slug).decode_utf8().ok()?;
+    let decoded = percent_encoding::percent_decode_str(slug)
+        .decode_utf8()
+        .ok()?;
     if decoded.chars().any(char::is_uppercase) {
         Some(Cow::Owned(decoded.to_lowercase()))
     } else {
@@ -225,15 +227,26 @@ mod tests {
     #[test]
     fn unknown_host_robots_and_app_site() {
         let map = map();
-        assert!(matches!(resolve(&map, "nope.example", "/x", NOW), Route::UnknownHost));
-        assert!(matches!(resolve(&map, "nope.example", "/robots.txt", NOW), Route::Robots));
+        assert!(matches!(
+            resolve(&map, "nope.example", "/x", NOW),
+            Route::UnknownHost
+        ));
+        assert!(matches!(
+            resolve(&map, "nope.example", "/robots.txt", NOW),
+            Route::Robots
+        ));
         assert!(matches!(
             resolve(&map, "acme.sjv.io", "/.well-known/assetlinks.json", NOW),
             Route::AppSite(_, AppSiteFile::AssetLinks)
         ));
         // Not configured on this record: the host's usual rules apply.
         assert_eq!(
-            kind_of(&resolve(&map, "acme.sjv.io", "/.well-known/apple-app-site-association", NOW)),
+            kind_of(&resolve(
+                &map,
+                "acme.sjv.io",
+                "/.well-known/apple-app-site-association",
+                NOW
+            )),
             Some(LinkKind::Fallback)
         );
     }

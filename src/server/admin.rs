@@ -38,7 +38,10 @@ pub fn handle<B>(state: &AppState, request: &Request<B>) -> Response<Full<Bytes>
 /// event path is writable; not ready while draining.
 fn readiness(state: &AppState) -> Response<Full<Bytes>> {
     if state.draining.load(Ordering::SeqCst) {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n",
+        );
     }
     if !state.sink.is_broker_up() {
         return text(

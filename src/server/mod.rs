@@ -98,11 +98,15 @@ impl Server {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("a bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("a bound listener has an address")
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// The Kafka bootstrap servers events go to (the embedded cluster's when no
@@ -177,7 +181,10 @@ impl Server {
             .await
             .context("the Kafka flush task panicked")?;
         if left > 0 {
-            warn!(message = "Click events not acknowledged at shutdown.", events = left);
+            warn!(
+                message = "Click events not acknowledged at shutdown.",
+                events = left
+            );
         }
 
         let _ = admin_stop.send(());

@@ -122,7 +122,10 @@ mod tests {
         let id = ClickId::generate(std::time::SystemTime::now());
         let cookie = format!("a=1; ce_vid={id}; b=2");
         assert_eq!(visitor_cookie(&request(&[("cookie", &cookie)])), Some(id));
-        assert_eq!(visitor_cookie(&request(&[("cookie", "ce_vid=garbage")])), None);
+        assert_eq!(
+            visitor_cookie(&request(&[("cookie", "ce_vid=garbage")])),
+            None
+        );
         assert_eq!(visitor_cookie(&request(&[])), None);
     }
 

@@ -95,7 +95,8 @@ impl ProducerContext for EventContext {
                 let now_ms = self.started.elapsed().as_millis() as u64;
                 let last = self.last_failure_log_ms.load(Ordering::Relaxed);
                 if now_ms.saturating_sub(last) >= 1000 || last == 0 {
-                    self.last_failure_log_ms.store(now_ms.max(1), Ordering::Relaxed);
+                    self.last_failure_log_ms
+                        .store(now_ms.max(1), Ordering::Relaxed);
                     self.failures_since_log.store(0, Ordering::Relaxed);
                     warn!(
                         message = "Kafka delivery failed.",
@@ -186,7 +187,10 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn start(settings: &KafkaSettings, metrics: Arc<Metrics>) -> Result<Arc<KafkaSink>, SinkError> {
+    pub fn start(
+        settings: &KafkaSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<KafkaSink>, SinkError> {
         let dev_cluster = match &settings.brokers {
             Some(_) => None,
             None => Some(DevCluster::start(&settings.topic)?),
@@ -321,10 +325,9 @@ fn spawn_monitor(sink: std::sync::Weak<KafkaSink>, stop: Arc<AtomicBool>) {
                     .client()
                     .fetch_metadata(Some(&sink.topic), Duration::from_secs(2))
                 {
-                    Ok(metadata) => metadata
-                        .topics()
-                        .iter()
-                        .any(|t| t.name() == sink.topic && t.error().is_none() && !t.partitions().is_empty()),
+                    Ok(metadata) => metadata.topics().iter().any(|t| {
+                        t.name() == sink.topic && t.error().is_none() && !t.partitions().is_empty()
+                    }),
                     Err(_) => false,
                 };
                 sink.broker_up.store(up, Ordering::Relaxed);

@@ -1,0 +1,311 @@
+//! The built binary: flags and their environment variables, `--check`, exit codes,
+//! a real run stopped by SIGTERM, and `clickedge consume`.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::support::{request, BROWSER_UA};
+
+pub fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clickedge"));
+    // The tests' own environment must not configure the edge under test.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CLICKEDGE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn links_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+fn run(command: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+const MIXED: &str = "\
+{\"type\":\"fallback\",\"host\":\"a.io\",\"url\":\"https://a.com/\"}
+{\"type\":\"vanity\",\"host\":\"a.io\",\"slug\":\"x\",\"partner_id\":\"1\",\"campaign_id\":\"1\",\"ad_id\":\"1\",\"url\":\"https://a.com/x\"}
+
+{\"type\":\"tracking\",\"host\":\"a.io\",\"campaign_id\":\"1\",\"url\":\"https://a.com/\"}
+{\"type\":\"fallback\",\"host\":\"b.io\",\"url\":\"https://b.com/\",\"status\":301}
+{\"type\":\"domain\",\"host\":\"c.io\",\"partner_id\":\"1\",\"campaign_id\":\"1\",\"ad_id\":\"1\",\"url\":\"https://c.com/\"}
+";
+
+#[test]
+fn check_accepts_a_file_and_reports_skipped_lines() {
+    let file = links_file(MIXED);
+    let (code, stdout, stderr) = run(binary().args(["--check", "--links"]).arg(file.path()));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("OK, 3 records"), "{stdout}");
+    assert!(stderr.contains("line 4: missing field `ad_id`"), "{stderr}");
+    assert!(
+        stderr.contains("line 5: field `status` 301 is not allowed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_strict_fails_naming_every_bad_line() {
+    let file = links_file(MIXED);
+    let (code, _, stderr) = run(binary()
+        .args(["--check", "--strict", "--links"])
+        .arg(file.path()));
+    assert_eq!(code, 65, "{stderr}");
+    assert!(
+        stderr.contains("2 invalid record(s) and --strict is set"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 4: missing field `ad_id`"), "{stderr}");
+    assert!(stderr.contains("line 5:"), "{stderr}");
+}
+
+#[test]
+fn a_garbled_or_unreadable_links_file_is_refused() {
+    let garbled = links_file("this is\nnot\nndjson\n{\"type\":\"fallback\",\"host\":\"a.io\",\"url\":\"https://a.com/\"}\n");
+    let (code, _, stderr) = run(binary().args(["--check", "--links"]).arg(garbled.path()));
+    assert_eq!(code, 65);
+    assert!(
+        stderr.contains("more invalid records (3) than valid ones (1)"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = run(binary().args(["--check", "--links", "/nonexistent/links.ndjson"]));
+    assert_eq!(code, 65);
+    assert!(
+        stderr.contains("cannot read links file /nonexistent/links.ndjson"),
+        "{stderr}"
+    );
+
+    // Refused at start too, not only by --check.
+    let (code, _, stderr) = run(binary()
+        .args(["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--links"])
+        .arg(garbled.path()));
+    assert_eq!(code, 65, "{stderr}");
+}
+
+#[test]
+fn bad_configuration_exits_64_before_anything_starts() {
+    let (code, _, stderr) = run(binary().args(["--http", "not-an-address", "--check"]));
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("--http \"not-an-address\" is not a socket address"),
+        "{stderr}"
+    );
+    let (code, _, _) = run(binary().args(["--no-such-flag"]));
+    assert_ne!(code, 0);
+}
+
+#[test]
+fn every_flag_reads_its_environment_variable_and_the_command_line_wins() {
+    let file = links_file(MIXED);
+    // CLICKEDGE_STRICT turns a passing check into a failing one.
+    for truthy in ["true", "1", "yes", "on"] {
+        let (code, _, _) = run(binary()
+            .args(["--check", "--links"])
+            .arg(file.path())
+            .env("CLICKEDGE_STRICT", truthy));
+        assert_eq!(code, 65, "CLICKEDGE_STRICT={truthy}");
+    }
+    let (code, _, _) = run(binary()
+        .args(["--check", "--links"])
+        .arg(file.path())
+        .env("CLICKEDGE_STRICT", "0"));
+    assert_eq!(code, 0, "CLICKEDGE_STRICT=0 is off");
+    // CLICKEDGE_LINKS and CLICKEDGE_CHECK stand in for the flags.
+    let (code, stdout, _) = run(binary()
+        .env("CLICKEDGE_LINKS", file.path())
+        .env("CLICKEDGE_CHECK", "1"));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("OK, 3 records"), "{stdout}");
+    // A bad value from the environment is refused, naming the flag.
+    let (code, _, stderr) = run(binary()
+        .arg("--check")
+        .env("CLICKEDGE_CLICK_ID_PARAM", "a b"));
+    assert_eq!(code, 64);
+    assert!(stderr.contains("--click-id-param"), "{stderr}");
+    // The command line wins over the environment.
+    let (code, _, stderr) = run(binary()
+        .args(["--check", "--http", "127.0.0.1:8081"])
+        .env("CLICKEDGE_HTTP", "bogus"));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, _) = run(binary().arg("--check").env("CLICKEDGE_HTTP", "bogus"));
+    assert_eq!(code, 64);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running binary whose stderr is watched for its log lines.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = binary()
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// Waits for a log line containing `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn terminate(mut self) -> i32 {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
+
+/// Reads `bootstrap=HOST:PORT` out of a log line.
+fn bootstrap_of(line: &str) -> String {
+    line.split("bootstrap=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no bootstrap in {line:?}"))
+        .trim_matches('"')
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_binary_serves_the_embedded_sample_then_consume_shows_the_click() {
+    let http = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let edge = Running::start(&["--http", &http, "--admin", &admin, "--node-id", "cli-node"]);
+    let bootstrap = bootstrap_of(&edge.wait_for("embedded development Kafka"));
+    edge.wait_for("Serving.");
+
+    // The sample links from examples/links.ndjson, as the README shows them.
+    let r = request(
+        http.parse().unwrap(),
+        "GET",
+        "acme.sjv.io",
+        "/c/1234/5678/9012?subId1=readme",
+        &[("user-agent", BROWSER_UA)],
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    let click_id = r.click_id("clickid");
+    let r = request(
+        http.parse().unwrap(),
+        "GET",
+        "acme.pxf.io",
+        "/janes-picks",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    let r = request(
+        http.parse().unwrap(),
+        "GET",
+        "www.acmeradio.example",
+        "/",
+        &[],
+    )
+    .await;
+    r.click_id("irclickid");
+
+    // `clickedge consume` finds the clicks, with key and headers.
+    let consume = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, stdout, stderr) = run(binary().args([
+                "consume",
+                "--brokers",
+                &bootstrap,
+                "--topic",
+                "clicks",
+                "--timeout",
+                "10s",
+            ]));
+            assert_eq!(code, 0, "{stderr}");
+            if stdout.lines().count() >= 3 || std::time::Instant::now() > deadline {
+                return stdout;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    let messages: Vec<serde_json::Value> = consume
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 3, "{consume}");
+    let message = messages
+        .iter()
+        .find(|m| m["value"]["click_id"] == click_id.as_str())
+        .expect("the tracking click");
+    assert_eq!(message["headers"]["schema"], "click.v1");
+    assert_eq!(message["key"], message["value"]["visitor_id"]);
+    assert_eq!(message["value"]["sub_ids"][0], "readme");
+    assert_eq!(message["value"]["node"], "cli-node");
+
+    assert_eq!(edge.terminate(), 0, "SIGTERM drains and exits 0");
+}
+
+#[test]
+fn consume_reports_a_missing_topic() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    let (code, _, stderr) = run(binary().args([
+        "consume",
+        "--brokers",
+        &cluster.bootstrap_servers(),
+        "--topic",
+        "no-such-topic",
+        "--timeout",
+        "5s",
+    ]));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no-such-topic"), "{stderr}");
+}

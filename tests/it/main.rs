@@ -1,0 +1,9 @@
+//! One integration-test binary: real servers on 127.0.0.1:0, real sockets, events
+//! read back from Kafka (librdkafka's mock cluster, and a tansu broker process).
+
+mod cli;
+mod events;
+mod ops;
+mod redirect;
+mod support;
+mod tansu;

@@ -1,0 +1,220 @@
+//! SPEC §6–§7 and shutdown: metrics, probes, drain and flush, drops. Broker faults
+//! come from librdkafka's mock cluster, started here outside the edge.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+
+use crate::support::{consume, request, TestEdge, LINKS};
+
+/// The value of one sample line `name{labels} value` in a Prometheus text page.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn wait_for_sample(edge: &TestEdge, series: &str, want: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = edge.metrics().await;
+        if sample(&metrics, series) == Some(want) {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {want}:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_events_links_and_connections() {
+    let edge = TestEdge::start(LINKS, &[]).await;
+    for _ in 0..3 {
+        assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
+    }
+    edge.get("acme.sjv.io", "/c/1/5679/9012").await;
+    edge.get("acme.sjv.io", "/nothing").await;
+    edge.get("unknown.example", "/").await;
+    request(edge.http, "POST", "acme.sjv.io", "/", &[]).await;
+    edge.get("x", "/robots.txt").await;
+
+    let m = wait_for_sample(
+        &edge,
+        r#"clickedge_click_events_total{result="delivered"}"#,
+        5.0,
+    )
+    .await;
+    let expect = [
+        (
+            r#"clickedge_requests_total{type="tracking",outcome="redirect",status="302"}"#,
+            3.0,
+        ),
+        (
+            r#"clickedge_requests_total{type="tracking",outcome="redirect",status="307"}"#,
+            1.0,
+        ),
+        (
+            r#"clickedge_requests_total{type="fallback",outcome="redirect",status="302"}"#,
+            1.0,
+        ),
+        (
+            r#"clickedge_requests_total{type="none",outcome="unknown_host",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"clickedge_requests_total{type="none",outcome="method_not_allowed",status="405"}"#,
+            1.0,
+        ),
+        (
+            r#"clickedge_requests_total{type="none",outcome="robots",status="200"}"#,
+            1.0,
+        ),
+        (r#"clickedge_click_events_total{result="queued"}"#, 5.0),
+        (r#"clickedge_click_events_total{result="dropped"}"#, 0.0),
+        (r#"clickedge_click_events_total{result="failed"}"#, 0.0),
+        (r#"clickedge_links{type="tracking"}"#, 7.0),
+        (r#"clickedge_links{type="vanity"}"#, 1.0),
+        (r#"clickedge_links{type="domain"}"#, 1.0),
+        (r#"clickedge_links{type="fallback"}"#, 1.0),
+        (r#"clickedge_links{type="app_site"}"#, 1.0),
+        (r#"clickedge_links_reloads_total{result="success"}"#, 1.0),
+        (r#"clickedge_links_reloads_total{result="error"}"#, 0.0),
+        (r#"clickedge_request_duration_seconds_count"#, 8.0),
+        (
+            r#"clickedge_request_duration_seconds_bucket{le="+Inf"}"#,
+            8.0,
+        ),
+        (r#"clickedge_spool_size_bytes"#, 0.0),
+        (r#"clickedge_build_info{version="0.1.0"}"#, 1.0),
+        // This scrape's own connection.
+        (r#"clickedge_connections_active{listener="admin"}"#, 1.0),
+    ];
+    for (series, want) in expect {
+        assert_eq!(sample(&m, series), Some(want), "{series}\n{m}");
+    }
+    let reloaded_at = sample(&m, "clickedge_links_last_reload_timestamp_seconds").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - reloaded_at).abs() < 120.0, "{reloaded_at} vs {now}");
+    assert!(
+        m.contains("# TYPE clickedge_request_duration_seconds histogram"),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "clickedge_kafka_queue_messages").is_some(),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn probes_health_and_readiness() {
+    let edge = TestEdge::start(LINKS, &[]).await;
+    let health = edge.admin_get("/healthz").await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    edge.wait_ready().await;
+    assert_eq!(edge.admin_get("/readyz").await.body, "ready\n");
+    assert_eq!(edge.admin_get("/nope").await.status, 404);
+}
+
+#[tokio::test]
+async fn shutdown_flushes_every_queued_event_to_the_broker() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 2, 1).unwrap();
+    // Slow acks, so events are still in flight when shutdown begins.
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(300))
+        .unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let edge = TestEdge::start(LINKS, &["--kafka-brokers", &bootstrap]).await;
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(
+            edge.get("acme.sjv.io", "/c/1/5678/9012")
+                .await
+                .click_id("clickid"),
+        );
+    }
+    edge.stop().await.unwrap();
+    // The edge is gone; the events it answered must all be in the topic.
+    let events = consume(&bootstrap, "clicks", ids.len()).await;
+    let mut delivered: Vec<String> = events
+        .iter()
+        .map(|e| e.field("click_id").as_str().unwrap().to_owned())
+        .collect();
+    delivered.sort();
+    delivered.dedup();
+    ids.sort();
+    assert_eq!(delivered, ids);
+}
+
+#[tokio::test]
+async fn draining_answers_503_on_readyz_and_refuses_new_clicks() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let mut edge = TestEdge::start(
+        LINKS,
+        &["--kafka-brokers", &bootstrap, "--shutdown-timeout", "3s"],
+    )
+    .await;
+    edge.wait_ready().await;
+    // With the broker down, the flush holds the drain open for the timeout.
+    cluster.broker_down(1).unwrap();
+    edge.get("acme.sjv.io", "/c/1/5678/9012").await;
+    let started = Instant::now();
+    let run = edge.begin_stop();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = edge.admin_get("/readyz").await;
+        if r.status == 503 {
+            assert_eq!(r.body, "not ready: shutting down\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz never turned 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        tokio::net::TcpStream::connect(edge.http).await.is_err(),
+        "the edge listener is closed while draining"
+    );
+    run.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "flush waited for the broker"
+    );
+}
+
+#[tokio::test]
+async fn events_the_producer_refuses_are_counted_dropped_and_redirects_go_on() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    cluster.broker_down(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let edge = TestEdge::start(
+        LINKS,
+        &[
+            "--kafka-brokers",
+            &bootstrap,
+            "--kafka-option",
+            "queue.buffering.max.messages=3",
+            "--shutdown-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
+    }
+    let m = edge.metrics().await;
+    let queued = sample(&m, r#"clickedge_click_events_total{result="queued"}"#).unwrap();
+    let dropped = sample(&m, r#"clickedge_click_events_total{result="dropped"}"#).unwrap();
+    assert_eq!(queued + dropped, 10.0, "{m}");
+    assert!(dropped >= 7.0, "a full queue drops: {m}");
+}

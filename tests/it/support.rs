@@ -1,0 +1,327 @@
+//! Shared test plumbing: a real edge on 127.0.0.1:0, a plain HTTP/1.1 client over a
+//! socket, and a Kafka consumer that reads the events back. The consumer here is
+//! written against rdkafka directly, not through clickedge's own `consume`, so the
+//! code under test does not grade itself.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::HeaderMap;
+use hyper_util::rt::TokioIo;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use clickedge::{Config, Server};
+
+/// Links used by most tests: every kind, windows, a 307, overrides.
+pub const LINKS: &str = r#"
+# tracking links on acme.sjv.io
+{"type":"tracking","host":"acme.sjv.io","campaign_id":"9012","ad_id":"5678","url":"https://www.acme.com/summer?utm_source=impact","deeplink_hosts":["www.acme.com","*.acme-shop.com"]}
+{"type":"tracking","host":"acme.sjv.io","campaign_id":"9012","ad_id":"5679","url":"https://www.acme.com/temp","status":307}
+{"type":"tracking","host":"acme.sjv.io","campaign_id":"9012","ad_id":"5680","url":"https://www.acme.com/nofwd?fixed=1","forward_query":false}
+{"type":"tracking","host":"acme.sjv.io","campaign_id":"9012","ad_id":"5681","url":"https://www.acme.com/own","click_id_param":"irclickid"}
+{"type":"tracking","host":"acme.sjv.io","campaign_id":"9012","ad_id":"1000","url":"https://www.acme.com/expired","valid_until":"2020-01-01T00:00:00Z"}
+{"type":"tracking","host":"acme.sjv.io","campaign_id":"9012","ad_id":"1001","url":"https://www.acme.com/future","valid_from":"2999-01-01T00:00:00Z"}
+{"type":"tracking","host":"acme.sjv.io","campaign_id":"9012","ad_id":"1002","url":"https://www.acme.com/current","valid_from":"2020-01-01T00:00:00Z","valid_until":"2999-01-01T00:00:00Z"}
+{"type":"fallback","host":"acme.sjv.io","url":"https://www.acme.com/home"}
+{"type":"app_site","host":"acme.sjv.io","apple_app_site_association":{"applinks":{"details":[]}},"assetlinks":[{"relation":["delegate_permission/common.handle_all_urls"]}]}
+# vanity URLs on acme.pxf.io (no fallback on this host)
+{"type":"vanity","host":"acme.pxf.io","slug":"Janes-Picks","partner_id":"1234","campaign_id":"9012","ad_id":"7001","url":"https://www.acme.com/jane"}
+# a unique domain
+{"type":"domain","host":"acmeradio.example","partner_id":"3456","campaign_id":"9020","ad_id":"8001","url":"https://www.acme.com/radio#listen"}
+"#;
+
+pub const BROWSER_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+
+/// A running edge; shuts down (and drains) when `stop` is called.
+pub struct TestEdge {
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub bootstrap: String,
+    pub topic: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _links: tempfile::NamedTempFile,
+}
+
+impl TestEdge {
+    /// Starts an edge serving `links` with `args` added to the command line.
+    pub async fn start(links: &str, args: &[&str]) -> TestEdge {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(links.as_bytes()).unwrap();
+        let path = file.path().to_str().unwrap().to_owned();
+        let mut argv = vec![
+            "clickedge",
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--links",
+            &path,
+            "--node-id",
+            "edge-test",
+        ];
+        if !args.contains(&"--shutdown-timeout") {
+            argv.extend_from_slice(&["--shutdown-timeout", "5s"]);
+        }
+        argv.extend_from_slice(args);
+        let config = Config::from_argv(argv).unwrap();
+        let topic = config.kafka.topic.clone();
+        let server = Server::bind(config).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let edge = TestEdge {
+            http: server.http_addr(),
+            admin: server.admin_addr(),
+            bootstrap: server.kafka_bootstrap().to_owned(),
+            topic,
+            stop: Some(stop),
+            task: None,
+            _links: file,
+        };
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        TestEdge {
+            task: Some(task),
+            ..edge
+        }
+    }
+
+    pub async fn get(&self, host: &str, target: &str) -> TestResponse {
+        request(
+            self.http,
+            "GET",
+            host,
+            target,
+            &[("user-agent", BROWSER_UA)],
+        )
+        .await
+    }
+
+    pub async fn get_with(
+        &self,
+        host: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> TestResponse {
+        request(self.http, "GET", host, target, headers).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> TestResponse {
+        request(self.admin, "GET", "localhost", path, &[]).await
+    }
+
+    /// Reads the click topic until `count` events arrived, then a little longer to
+    /// catch any extra one.
+    pub async fn events(&self, count: usize) -> Vec<Consumed> {
+        consume(&self.bootstrap, &self.topic, count).await
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap()
+    }
+
+    /// Starts the shutdown without waiting for it.
+    pub fn begin_stop(&mut self) -> JoinHandle<anyhow::Result<()>> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await.body
+    }
+
+    /// Waits until `/readyz` answers 200 (the broker answered for the topic).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.admin_get("/readyz").await.status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "edge never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl TestResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    pub fn location(&self) -> &str {
+        self.header("location").expect("a Location header")
+    }
+
+    /// The click id the redirect carries in `param`.
+    pub fn click_id(&self, param: &str) -> String {
+        let url = url::Url::parse(self.location()).unwrap();
+        let id = url
+            .query_pairs()
+            .find(|(k, _)| k == param)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| panic!("no {param} in {}", self.location()));
+        assert_eq!(id.len(), 26, "click id {id:?}");
+        id
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> TestResponse {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", host);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let response = sender
+        .send_request(builder.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    TestResponse {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+/// A message read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub key: Option<String>,
+    pub headers: HashMap<String, String>,
+    pub value: Value,
+}
+
+impl Consumed {
+    pub fn field(&self, name: &str) -> &Value {
+        &self.value[name]
+    }
+}
+
+/// Reads `topic` from the beginning until `count` messages arrived (or 30 s
+/// passed), then 500 ms more so that an unexpected extra message is seen too.
+pub async fn consume(bootstrap: &str, topic: &str, count: usize) -> Vec<Consumed> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        consume_blocking(&bootstrap, &topic, count, Duration::from_secs(30))
+    })
+    .await
+    .unwrap()
+}
+
+pub fn consume_blocking(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Consumed> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "clickedge-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    let partitions = loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .unwrap();
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if !found.is_empty() || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out = Vec::new();
+    let mut extra_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now > deadline || extra_until.is_some_and(|until| now > until) {
+            break;
+        }
+        if out.len() >= count && extra_until.is_none() {
+            extra_until = Some(now + Duration::from_millis(500));
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let mut headers = HashMap::new();
+        if let Some(list) = message.headers() {
+            for header in list.iter() {
+                headers.insert(
+                    header.key.to_owned(),
+                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        out.push(Consumed {
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            headers,
+            value: serde_json::from_slice(message.payload().unwrap_or_default()).unwrap(),
+        });
+    }
+    out
+}
+
+/// The event whose click id is `click_id`.
+pub fn event_for<'a>(events: &'a [Consumed], click_id: &str) -> &'a Consumed {
+    events
+        .iter()
+        .find(|e| e.field("click_id") == click_id)
+        .unwrap_or_else(|| {
+            panic!(
+                "no event for click {click_id} among {} events",
+                events.len()
+            )
+        })
+}

@@ -1,0 +1,238 @@
+//! End to end against a real, separately running Kafka-compatible broker: the
+//! `tansu` binary with memory storage. The built `clickedge` binary produces to it,
+//! is stopped with SIGTERM, and every click it answered is read back.
+//!
+//! Locally the test skips, saying so, when `tansu` is not installed; under CI
+//! (`CI` set) a missing broker is a failure, so it can never be skipped there.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+
+use crate::cli::binary;
+use crate::support::{consume_blocking, request, BROWSER_UA};
+
+fn tansu_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TANSU_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("tansu"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
+    }
+    candidates.into_iter().find(|path| path.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tansu broker process, killed on drop.
+struct Broker {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_broker(tansu: &PathBuf) -> Broker {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu)
+        .args([
+            "broker",
+            "--kafka-listener-url",
+            &url,
+            "--kafka-advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("tansu starts");
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on {address}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Broker { child, address }
+}
+
+/// tansu 0.6 does not auto-create topics.
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    for result in results {
+        result.unwrap_or_else(|(topic, error)| panic!("creating {topic}: {error}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clicks_reach_a_real_broker_and_read_back_in_full() {
+    let Some(tansu) = tansu_binary() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide tansu (see .ci/run)"
+        );
+        eprintln!("SKIPPED: tansu not installed (cargo install tansu --locked --no-default-features --features dynostore)");
+        return;
+    };
+    let broker = start_broker(&tansu);
+    create_topic(&broker.address, "clicks", 3).await;
+
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut edge = binary()
+        .args([
+            "--http",
+            &http.to_string(),
+            "--admin",
+            &admin,
+            "--kafka-brokers",
+            &broker.address,
+            "--node-id",
+            "edge-e2e",
+        ])
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+
+    // Ready means the broker answered for the topic.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = match tokio::net::TcpStream::connect(&admin).await {
+            Ok(_) => {
+                request(admin.parse().unwrap(), "GET", "localhost", "/readyz", &[])
+                    .await
+                    .status
+                    == 200
+            }
+            Err(_) => false,
+        };
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "edge never ready against tansu");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut served = Vec::new();
+    for i in 0..300 {
+        let (host, target) = match i % 3 {
+            0 => ("acme.sjv.io", format!("/c/{i}/5678/9012?subId1=s{i}")),
+            1 => ("acme.pxf.io", "/janes-picks".to_owned()),
+            _ => ("acmeradio.example", format!("/p{i}")),
+        };
+        let r = request(http, "GET", host, &target, &[("user-agent", BROWSER_UA)]).await;
+        assert_eq!(r.status, 302);
+        let param = if host == "acmeradio.example" {
+            "irclickid"
+        } else {
+            "clickid"
+        };
+        served.push(r.click_id(param));
+    }
+
+    let pid = edge.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        edge.wait().unwrap().code(),
+        Some(0),
+        "SIGTERM exits 0 after the flush"
+    );
+
+    let bootstrap = broker.address.clone();
+    let count = served.len();
+    let events = tokio::task::spawn_blocking(move || {
+        consume_blocking(&bootstrap, "clicks", count, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let mut got: Vec<String> = events
+        .iter()
+        .map(|e| e.field("click_id").as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    let total = got.len();
+    got.dedup();
+    served.sort();
+    assert_eq!(got, served, "every served click is in the topic");
+    eprintln!(
+        "tansu e2e: {} clicks served, {} events read, {} duplicates",
+        count,
+        total,
+        total - got.len()
+    );
+    for event in &events {
+        assert_eq!(
+            event.headers.get("schema").map(String::as_str),
+            Some("click.v1")
+        );
+        assert_eq!(event.field("node"), "edge-e2e");
+        assert_eq!(event.key.as_deref(), event.field("visitor_id").as_str());
+    }
+
+    // The operator's view: `clickedge consume` reads the same topic from tansu.
+    let output = binary()
+        .args([
+            "consume",
+            "--brokers",
+            &broker.address,
+            "--topic",
+            "clicks",
+            "--timeout",
+            "30s",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(lines.lines().count(), total);
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["headers"]["schema"], "click.v1");
+    assert!(first["value"]["click_id"].is_string());
+}
