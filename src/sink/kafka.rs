@@ -58,13 +58,50 @@ pub enum SinkError {
     Producer(#[from] KafkaError),
 }
 
+/// Lets one warning through per second and says how many it stands for, so a
+/// broker outage at 100k clicks/s does not become a logging outage. Every event is
+/// still counted in the metrics.
+#[derive(Debug)]
+struct LogEverySecond {
+    started: Instant,
+    /// Milliseconds since `started` of the last line let through; 0 before any.
+    last_ms: AtomicU64,
+    since_last: AtomicU64,
+}
+
+impl LogEverySecond {
+    fn new() -> LogEverySecond {
+        LogEverySecond {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            since_last: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one occurrence; `Some(n)` when a line is due, `n` occurrences since the
+    /// last one.
+    fn tick(&self) -> Option<u64> {
+        let count = self.since_last.fetch_add(1, Ordering::Relaxed) + 1;
+        let now_ms = (self.started.elapsed().as_millis() as u64).max(1);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now_ms.saturating_sub(last) >= 1000;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.since_last.fetch_sub(count, Ordering::Relaxed);
+            return Some(count);
+        }
+        None
+    }
+}
+
 /// Receives librdkafka's callbacks.
 pub struct EventContext {
     metrics: Arc<Metrics>,
-    /// Delivery failures are logged once per interval, with the count, not per message.
-    failures_since_log: AtomicU64,
-    last_failure_log_ms: AtomicU64,
-    started: Instant,
+    failures: LogEverySecond,
 }
 
 impl ClientContext for EventContext {
@@ -91,18 +128,12 @@ impl ProducerContext for EventContext {
             Ok(_) => self.metrics.event(EventResult::Delivered, 1),
             Err((error, message)) => {
                 self.metrics.event(EventResult::Failed, 1);
-                let failures = self.failures_since_log.fetch_add(1, Ordering::Relaxed) + 1;
-                let now_ms = self.started.elapsed().as_millis() as u64;
-                let last = self.last_failure_log_ms.load(Ordering::Relaxed);
-                if now_ms.saturating_sub(last) >= 1000 || last == 0 {
-                    self.last_failure_log_ms
-                        .store(now_ms.max(1), Ordering::Relaxed);
-                    self.failures_since_log.store(0, Ordering::Relaxed);
+                if let Some(failures) = self.failures.tick() {
                     warn!(
                         message = "Kafka delivery failed.",
                         %error,
                         topic = message.topic(),
-                        failures_in_last_second = failures
+                        failures
                     );
                 }
             }
@@ -170,6 +201,7 @@ pub struct KafkaSink {
     topic: String,
     bootstrap: String,
     metrics: Arc<Metrics>,
+    drops: LogEverySecond,
     /// Set by the health monitor; read by `/readyz`.
     broker_up: Arc<AtomicBool>,
     monitor_stop: Arc<AtomicBool>,
@@ -218,9 +250,7 @@ impl KafkaSink {
         }
         let context = EventContext {
             metrics: metrics.clone(),
-            failures_since_log: AtomicU64::new(0),
-            last_failure_log_ms: AtomicU64::new(0),
-            started: Instant::now(),
+            failures: LogEverySecond::new(),
         };
         let producer: ThreadedProducer<EventContext> = config.create_with_context(context)?;
         let sink = Arc::new(KafkaSink {
@@ -228,6 +258,7 @@ impl KafkaSink {
             topic: settings.topic.clone(),
             bootstrap,
             metrics,
+            drops: LogEverySecond::new(),
             broker_up: Arc::new(AtomicBool::new(false)),
             monitor_stop: Arc::new(AtomicBool::new(false)),
             _dev_cluster: dev_cluster,
@@ -264,15 +295,18 @@ impl KafkaSink {
             Ok(()) => self.metrics.event(EventResult::Queued, 1),
             Err((error, _)) => {
                 self.metrics.event(EventResult::Dropped, 1);
-                let full = matches!(
-                    error,
-                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                );
-                warn!(
-                    message = "Click event dropped: the producer did not take it.",
-                    %error,
-                    queue_full = full
-                );
+                if let Some(dropped) = self.drops.tick() {
+                    let queue_full = matches!(
+                        error,
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                    );
+                    warn!(
+                        message = "Click events dropped: the producer did not take them.",
+                        %error,
+                        queue_full,
+                        dropped
+                    );
+                }
             }
         }
     }
@@ -353,5 +387,24 @@ fn spawn_monitor(sink: std::sync::Weak<KafkaSink>, stop: Arc<AtomicBool>) {
         });
     if let Err(error) = spawned {
         error!(message = "Cannot start the Kafka monitor thread.", %error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_every_second_lets_the_first_through_then_counts() {
+        let limiter = LogEverySecond::new();
+        assert_eq!(limiter.tick(), Some(1));
+        for _ in 0..99 {
+            assert_eq!(limiter.tick(), None);
+        }
+        // Pretend the last line was long ago: the next one reports all it stands for.
+        limiter.last_ms.store(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1005));
+        assert_eq!(limiter.tick(), Some(100));
+        assert_eq!(limiter.tick(), None);
     }
 }
