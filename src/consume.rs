@@ -2,10 +2,13 @@
 //! look at clicks and links (Debian's kcat is too old for some brokers).
 //!
 //! It assigns every partition from the beginning and commits nothing, so it never
-//! disturbs a consumer group. Without `--follow` it stops at the end offsets it saw
-//! when it started.
+//! disturbs a consumer group. Without `--follow` it stops once every partition has
+//! reported its end (librdkafka's partition EOF, taken from fetch responses). It
+//! does not stop at the high watermarks listed at start: tansu 0.6 can list them
+//! too low after batched produces, and on a compacted topic the last offset may
+//! not exist at all.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -13,10 +16,10 @@ use anyhow::{bail, Context as _};
 use clap::builder::BoolishValueParser;
 use clap::Args;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 
 use crate::config::{parse_duration, parse_kafka_option};
@@ -59,6 +62,22 @@ pub struct ConsumeArgs {
     pub kafka_options: Vec<String>,
 }
 
+/// Reaching the end of a partition is how this command knows it is done, not an
+/// error worth a log line; everything else librdkafka reports is logged.
+struct EndIsNotAnError;
+
+impl ClientContext for EndIsNotAnError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end =
+            error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !end {
+            tracing::warn!(message = "Kafka client error.", %error, reason);
+        }
+    }
+}
+
+impl ConsumerContext for EndIsNotAnError {}
+
 /// Prints the messages to `out`; returns how many were printed.
 pub fn run(args: &ConsumeArgs, out: &mut impl Write) -> anyhow::Result<u64> {
     let timeout = parse_duration(&args.timeout)
@@ -74,7 +93,9 @@ pub fn run(args: &ConsumeArgs, out: &mut impl Write) -> anyhow::Result<u64> {
         let (key, value) = parse_kafka_option(option)?;
         config.set(key, value);
     }
-    let consumer: BaseConsumer = config.create().context("cannot create a Kafka consumer")?;
+    let consumer: BaseConsumer<EndIsNotAnError> = config
+        .create_with_context(EndIsNotAnError)
+        .context("cannot create a Kafka consumer")?;
 
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), timeout)
@@ -90,27 +111,21 @@ pub fn run(args: &ConsumeArgs, out: &mut impl Write) -> anyhow::Result<u64> {
     }
 
     let mut assignment = TopicPartitionList::new();
-    // Partition -> offset one past the last message when we started.
-    let mut ends = HashMap::new();
     for partition in topic.partitions() {
         assignment.add_partition_offset(&args.topic, partition.id(), Offset::Beginning)?;
-        let (low, high) = consumer
-            .fetch_watermarks(&args.topic, partition.id(), timeout)
-            .with_context(|| format!("cannot read the offsets of partition {}", partition.id()))?;
-        if high > low {
-            ends.insert(partition.id(), high);
-        }
     }
     consumer.assign(&assignment)?;
+    // Partitions that have not reported their end yet.
+    let mut reading: HashSet<i32> = topic.partitions().iter().map(|p| p.id()).collect();
 
     let deadline = Instant::now() + timeout;
     let mut printed = 0;
-    while args.follow || !ends.is_empty() {
+    while args.follow || !reading.is_empty() {
         if !args.follow && Instant::now() > deadline {
             bail!(
-                "gave up after {:?} with {} partition(s) not read to the end",
+                "gave up after {:?} with {} partition(s) not read to the end (use --follow on a busy topic)",
                 timeout,
-                ends.len()
+                reading.len()
             );
         }
         match consumer.poll(Duration::from_millis(200)) {
@@ -118,15 +133,9 @@ pub fn run(args: &ConsumeArgs, out: &mut impl Write) -> anyhow::Result<u64> {
             Some(Ok(message)) => {
                 writeln!(out, "{}", message_json(&message))?;
                 printed += 1;
-                if ends
-                    .get(&message.partition())
-                    .is_some_and(|end| message.offset() + 1 >= *end)
-                {
-                    ends.remove(&message.partition());
-                }
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                ends.remove(&partition);
+                reading.remove(&partition);
             }
             Some(Err(error)) => return Err(error).context("reading from Kafka"),
         }

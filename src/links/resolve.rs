@@ -94,7 +94,14 @@ where
         }
     }
 
-    if let Some(link) = links.domain.as_ref().filter(|l| l.is_valid_at(now_ms)) {
+    // A unique domain answers any path; on `www.{host}` the bare host's does too,
+    // even when the www name has records of its own.
+    let domain = links.domain.as_ref().or_else(|| {
+        host.strip_prefix("www.")
+            .and_then(|bare| map.host(bare))
+            .and_then(|bare| bare.domain.as_ref())
+    });
+    if let Some(link) = domain.filter(|l| l.is_valid_at(now_ms)) {
         return redirect(link, None);
     }
     fallback_or_not_found(links.fallback.as_ref())
@@ -222,6 +229,23 @@ mod tests {
             resolve(&map, "www.acme.sjv.io", "/", NOW),
             Route::UnknownHost
         ));
+    }
+
+    #[test]
+    fn www_name_with_records_of_its_own_still_reaches_the_domain() {
+        let text = format!(
+            "{LINKS}\n{}\n",
+            r#"{"type":"vanity","host":"www.acmesummer.com","slug":"jane","partner_id":"1","campaign_id":"2","ad_id":"3","url":"https://www.acme.com/jane"}"#
+        );
+        let map = load_str(&text, "test", true).unwrap().map;
+        assert_eq!(
+            kind_of(&resolve(&map, "www.acmesummer.com", "/jane", NOW)),
+            Some(LinkKind::Vanity)
+        );
+        assert_eq!(
+            kind_of(&resolve(&map, "www.acmesummer.com", "/other", NOW)),
+            Some(LinkKind::Domain)
+        );
     }
 
     #[test]

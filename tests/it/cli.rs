@@ -194,10 +194,14 @@ impl Running {
         }
     }
 
-    fn terminate(mut self) -> i32 {
+    fn terminate(self) -> i32 {
+        self.signal("-TERM")
+    }
+
+    fn signal(mut self, signal: &str) -> i32 {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([signal, &pid])
             .status()
             .unwrap()
             .success());
@@ -268,6 +272,10 @@ async fn the_binary_serves_the_embedded_sample_then_consume_shows_the_click() {
                 "10s",
             ]));
             assert_eq!(code, 0, "{stderr}");
+            assert!(
+                !stderr.contains("PartitionEOF"),
+                "the end of a partition is not an error: {stderr}"
+            );
             if stdout.lines().count() >= 3 || std::time::Instant::now() > deadline {
                 return stdout;
             }
@@ -291,6 +299,17 @@ async fn the_binary_serves_the_embedded_sample_then_consume_shows_the_click() {
     assert_eq!(message["value"]["node"], "cli-node");
 
     assert_eq!(edge.terminate(), 0, "SIGTERM drains and exits 0");
+}
+
+#[test]
+fn sigint_drains_and_exits_zero_too() {
+    let http = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let edge = Running::start(&["--http", &http, "--admin", &admin]);
+    edge.wait_for("Serving.");
+    let pid = edge.child.id().to_string();
+    let code = edge.signal("-INT");
+    assert_eq!(code, 0, "pid {pid}");
 }
 
 #[test]
