@@ -148,6 +148,26 @@ fn every_flag_reads_its_environment_variable_and_the_command_line_wins() {
     assert_eq!(code, 64);
 }
 
+#[test]
+fn every_edge_flag_names_its_environment_variable() {
+    let (code, help, _) = run(binary().arg("--help"));
+    assert_eq!(code, 0);
+    let mut flags = 0;
+    for line in help.lines().map(str::trim_start) {
+        let Some(rest) = line.strip_prefix("--") else {
+            continue;
+        };
+        let flag = rest.split([' ', '=']).next().unwrap();
+        if matches!(flag, "help" | "version") {
+            continue;
+        }
+        flags += 1;
+        let wanted = format!("[env: CLICKEDGE_{}=", flag.to_uppercase().replace('-', "_"));
+        assert!(line.contains(&wanted), "--{flag} lacks {wanted}: {line}");
+    }
+    assert!(flags >= 12, "found only {flags} flags in:\n{help}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

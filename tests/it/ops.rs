@@ -124,6 +124,37 @@ async fn probes_health_and_readiness() {
 }
 
 #[tokio::test]
+async fn readiness_follows_the_broker() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    cluster.broker_down(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let edge = TestEdge::start(
+        LINKS,
+        &["--kafka-brokers", &bootstrap, "--shutdown-timeout", "1s"],
+    )
+    .await;
+    // Redirects do not wait for Kafka, ready or not.
+    assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = edge.admin_get("/readyz").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, "not ready: Kafka topic not reachable\n")
+    );
+    assert_eq!(
+        sample(&edge.metrics().await, "clickedge_kafka_broker_up"),
+        Some(0.0)
+    );
+    cluster.broker_up(1).unwrap();
+    edge.wait_ready().await;
+    assert_eq!(
+        sample(&edge.metrics().await, "clickedge_kafka_broker_up"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
 async fn shutdown_flushes_every_queued_event_to_the_broker() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("clicks", 2, 1).unwrap();
