@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::support::{request, BROWSER_UA};
+use crate::support::{free_port, request, BROWSER_UA};
 
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_clickedge"));
@@ -166,14 +166,6 @@ fn every_edge_flag_names_its_environment_variable() {
         assert!(line.contains(&wanted), "--{flag} lacks {wanted}: {line}");
     }
     assert!(flags >= 12, "found only {flags} flags in:\n{help}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running binary whose stderr is watched for its log lines.

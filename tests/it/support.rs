@@ -313,6 +313,15 @@ pub fn consume_blocking(
     out
 }
 
+/// A port nothing listens on right now, for a process that must be told its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The event whose click id is `click_id`.
 pub fn event_for<'a>(events: &'a [Consumed], click_id: &str) -> &'a Consumed {
     events

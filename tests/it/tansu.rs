@@ -15,7 +15,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 
 use crate::cli::binary;
-use crate::support::{consume_blocking, request, BROWSER_UA};
+use crate::support::{consume_blocking, free_port, request, BROWSER_UA};
 
 fn tansu_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("TANSU_BIN") {
@@ -32,14 +32,6 @@ fn tansu_binary() -> Option<PathBuf> {
         candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
     }
     candidates.into_iter().find(|path| path.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A tansu broker process, killed on drop.
