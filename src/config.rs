@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::consume::ConsumeArgs;
 use crate::links::{is_query_name, LinksSource};
-use crate::sink::KafkaSettings;
+use crate::sink::{KafkaSettings, SpoolSettings};
 
 /// A click-redirect edge: link map -> 302 -> click event in Kafka.
 #[derive(Debug, Parser)]
@@ -108,6 +108,45 @@ pub struct RunArgs {
     #[arg(long, env = "CLICKEDGE_NO_VISITOR_COOKIE", value_parser = BoolishValueParser::new())]
     pub no_visitor_cookie: bool,
 
+    /// Directory of the disk spool (every event is written there until Kafka
+    /// acknowledges it; leftovers are replayed at start).
+    #[arg(
+        long,
+        env = "CLICKEDGE_SPOOL_DIR",
+        default_value = "/var/tmp/clickedge/spool",
+        value_name = "DIR"
+    )]
+    pub spool_dir: PathBuf,
+
+    /// Bound of the spool on disk; beyond it new events are dropped (and counted),
+    /// e.g. `1GiB`, `512MiB`.
+    #[arg(
+        long,
+        env = "CLICKEDGE_SPOOL_MAX_BYTES",
+        default_value = "1GiB",
+        value_name = "SIZE"
+    )]
+    pub spool_max_bytes: String,
+
+    /// How often the spool is fsynced: a machine crash loses at most this much.
+    #[arg(
+        long,
+        env = "CLICKEDGE_SPOOL_FSYNC_INTERVAL",
+        default_value = "200ms",
+        value_name = "DURATION"
+    )]
+    pub spool_fsync_interval: String,
+
+    /// Spooled events replayed per second at most, so replay never starves redirects
+    /// (0: unlimited). Keep it above the node's click rate so a backlog drains.
+    #[arg(
+        long,
+        env = "CLICKEDGE_SPOOL_REPLAY_RATE",
+        default_value = "50000",
+        value_name = "EVENTS"
+    )]
+    pub spool_replay_rate: u64,
+
     /// How long shutdown waits for in-flight requests, then for Kafka to acknowledge
     /// queued events (each), e.g. `10s`, `500ms`.
     #[arg(
@@ -128,6 +167,7 @@ pub struct Config {
     pub strict: bool,
     pub check: bool,
     pub kafka: KafkaSettings,
+    pub spool: SpoolSettings,
     pub node_id: String,
     pub click_id_param: String,
     pub visitor_cookie: bool,
@@ -148,8 +188,12 @@ pub enum ConfigError {
     ClickIdParam(String),
     #[error("--node-id {0:?} must be 1-255 printable characters")]
     NodeId(String),
-    #[error("--shutdown-timeout {0:?} is not a duration (like 10s, 500ms or 1m)")]
-    Duration(String),
+    #[error("--{flag} {value:?} is not a duration (like 10s, 500ms or 1m)")]
+    Duration { flag: &'static str, value: String },
+    #[error(
+        "--spool-max-bytes {0:?} is not a size (like 1GiB, 512MiB or 1000000; at least 64KiB)"
+    )]
+    Size(String),
 }
 
 impl Config {
@@ -197,8 +241,17 @@ impl Config {
         if !is_query_name(&args.click_id_param) {
             return Err(ConfigError::ClickIdParam(args.click_id_param));
         }
-        let shutdown_timeout = parse_duration(&args.shutdown_timeout)
-            .ok_or_else(|| ConfigError::Duration(args.shutdown_timeout.clone()))?;
+        let duration = |flag: &'static str, value: &str| {
+            parse_duration(value).ok_or_else(|| ConfigError::Duration {
+                flag,
+                value: value.to_owned(),
+            })
+        };
+        let shutdown_timeout = duration("shutdown-timeout", &args.shutdown_timeout)?;
+        let fsync_interval = duration("spool-fsync-interval", &args.spool_fsync_interval)?;
+        let max_bytes = parse_size(&args.spool_max_bytes)
+            .filter(|bytes| *bytes >= 64 * 1024)
+            .ok_or_else(|| ConfigError::Size(args.spool_max_bytes.clone()))?;
 
         Ok(Config {
             http,
@@ -211,6 +264,12 @@ impl Config {
                 topic,
                 options,
                 client_id: format!("clickedge-{node_id}"),
+            },
+            spool: SpoolSettings {
+                dir: args.spool_dir,
+                max_bytes,
+                fsync_interval,
+                replay_rate: args.spool_replay_rate,
             },
             node_id,
             click_id_param: args.click_id_param,
@@ -242,6 +301,29 @@ pub(crate) fn parse_kafka_option(option: &str) -> Result<(String, String), Confi
         }
         _ => Err(ConfigError::KafkaOption(option.to_owned())),
     }
+}
+
+/// `1GiB`, `512MiB`, `64KiB`, `100MB`, `1G`, or a bare number of bytes.
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
 }
 
 /// `10s`, `500ms`, `2m`, or a bare number of seconds.
@@ -276,6 +358,8 @@ mod tests {
         assert!(c.visitor_cookie);
         assert_eq!(c.links, LinksSource::Sample);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.spool.max_bytes, 1 << 30);
+        assert_eq!(c.spool.fsync_interval, Duration::from_millis(200));
         assert!(!c.node_id.is_empty());
     }
 
@@ -297,6 +381,14 @@ mod tests {
                 "--shutdown-timeout",
             ),
             (vec!["clickedge", "--kafka-brokers", " "], "--kafka-brokers"),
+            (
+                vec!["clickedge", "--spool-max-bytes", "12"],
+                "--spool-max-bytes",
+            ),
+            (
+                vec!["clickedge", "--spool-fsync-interval", "often"],
+                "--spool-fsync-interval",
+            ),
         ] {
             let err = Config::from_argv(argv.clone()).unwrap_err();
             assert!(err.to_string().contains(needle), "{argv:?}: {err}");
@@ -326,5 +418,12 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("100MB"), Some(100_000_000));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("-1"), None);
     }
 }

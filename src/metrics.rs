@@ -18,6 +18,10 @@ pub const REQUESTS_TOTAL: &str = "clickedge_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "clickedge_request_duration_seconds";
 pub const CLICK_EVENTS_TOTAL: &str = "clickedge_click_events_total";
 pub const SPOOL_SIZE_BYTES: &str = "clickedge_spool_size_bytes";
+pub const SPOOL_SEGMENTS: &str = "clickedge_spool_segments";
+/// Bytes in the spool not yet sent to Kafka: what replay still has to do.
+pub const SPOOL_BACKLOG_BYTES: &str = "clickedge_spool_backlog_bytes";
+pub const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "clickedge_spool_corrupt_records_total";
 pub const KAFKA_QUEUE_MESSAGES: &str = "clickedge_kafka_queue_messages";
 pub const KAFKA_BROKER_UP: &str = "clickedge_kafka_broker_up";
 pub const LINKS: &str = "clickedge_links";
@@ -36,17 +40,17 @@ const DURATION_BUCKETS: &[f64] = &[
 /// What happened to a click event (`clickedge_click_events_total{result}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventResult {
-    /// Accepted by the producer's queue.
+    /// Handed to the producer's queue (sent live, replayed, or sent again).
     Queued,
-    /// Acknowledged by the broker.
+    /// Acknowledged by the broker, sent live.
     Delivered,
-    /// Written to the disk spool.
+    /// Kept in the disk spool to be replayed (broker down, queue full, backlog).
     Spooled,
-    /// Delivered from the spool.
+    /// Acknowledged by the broker, sent from the spool.
     Replayed,
-    /// Lost: could not be queued nor spooled. Always logged.
+    /// Lost: the spool was full or the pump did not keep up. Always logged.
     Dropped,
-    /// The producer gave up on it (delivery error).
+    /// A delivery that failed; the event is sent again.
     Failed,
 }
 
@@ -158,6 +162,9 @@ pub struct Metrics {
     request_duration: Histogram,
     events: [Counter; 6],
     pub spool_size_bytes: Gauge,
+    pub spool_segments: Gauge,
+    pub spool_backlog_bytes: Gauge,
+    pub spool_corrupt_records: Counter,
     pub kafka_queue_messages: Gauge,
     pub kafka_broker_up: Gauge,
     links: [Gauge; 5],
@@ -203,6 +210,9 @@ impl Metrics {
             ),
             events,
             spool_size_bytes: gauge(SPOOL_SIZE_BYTES, &[]),
+            spool_segments: gauge(SPOOL_SEGMENTS, &[]),
+            spool_backlog_bytes: gauge(SPOOL_BACKLOG_BYTES, &[]),
+            spool_corrupt_records: counter(SPOOL_CORRUPT_RECORDS_TOTAL, &[]),
             kafka_queue_messages: gauge(KAFKA_QUEUE_MESSAGES, &[]),
             kafka_broker_up: gauge(KAFKA_BROKER_UP, &[]),
             links,

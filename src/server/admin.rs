@@ -35,7 +35,8 @@ pub fn handle<B>(state: &AppState, request: &Request<B>) -> Response<Full<Bytes>
 }
 
 /// Ready once the link map is loaded (it is, before the listener exists) and the
-/// event path is writable; not ready while draining.
+/// event path is writable (the spool has room, or the broker is up); not ready while
+/// draining.
 fn readiness(state: &AppState) -> Response<Full<Bytes>> {
     if state.draining.load(Ordering::SeqCst) {
         return text(
@@ -43,10 +44,10 @@ fn readiness(state: &AppState) -> Response<Full<Bytes>> {
             "not ready: shutting down\n",
         );
     }
-    if !state.sink.is_broker_up() {
+    if !state.sink.is_writable() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: Kafka topic not reachable\n",
+            "not ready: spool full and Kafka topic not reachable\n",
         );
     }
     text(StatusCode::OK, "ready\n")

@@ -263,7 +263,7 @@ impl<B> Click<'_, B> {
         };
         // One visitor's clicks share a key, so they stay ordered on one partition.
         let key = visitor.unwrap_or(click_id).as_str();
-        self.state.sink.send(key.as_bytes(), &event.to_json());
+        self.state.sink.submit(key, event.to_json());
     }
 }
 

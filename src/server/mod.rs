@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::links::{LinkMap, Loaded};
 use crate::metrics::{Listener, Metrics};
-use crate::sink::KafkaSink;
+use crate::sink::EventSink;
 use crate::useragent::Classifier;
 
 /// Slow clients get this long to send their request headers.
@@ -42,7 +42,8 @@ pub struct AppState {
     /// Replaced whole on reload; a request keeps the snapshot it started with.
     pub links: ArcSwap<LinkMap>,
     pub metrics: Arc<Metrics>,
-    pub sink: Arc<KafkaSink>,
+    /// Where click events go: the spool and Kafka, never waited for.
+    pub sink: Arc<EventSink>,
     pub classifier: Classifier,
     pub node_id: Box<str>,
     /// `--click-id-param`, unless a record overrides it.
@@ -66,11 +67,12 @@ impl Server {
         let metrics = Metrics::new();
         let loaded = load_links(&config, &metrics)?;
 
-        let kafka = config.kafka.clone();
+        let (kafka, spool) = (config.kafka.clone(), config.spool.clone());
         let sink_metrics = metrics.clone();
-        let sink = tokio::task::spawn_blocking(move || KafkaSink::start(&kafka, sink_metrics))
-            .await
-            .context("the Kafka start-up task panicked")??;
+        let sink =
+            tokio::task::spawn_blocking(move || EventSink::start(&kafka, &spool, sink_metrics))
+                .await
+                .context("the event sink start-up task panicked")??;
 
         let http = TcpListener::bind(config.http)
             .await
@@ -176,16 +178,12 @@ impl Server {
             );
         }
 
+        // Every answered click is in the spool by now or soon; wait for Kafka's
+        // acknowledgements, then sync what is left for the next start.
         let sink = state.sink.clone();
-        let left = tokio::task::spawn_blocking(move || sink.flush(shutdown_timeout))
+        tokio::task::spawn_blocking(move || sink.shutdown(shutdown_timeout))
             .await
-            .context("the Kafka flush task panicked")?;
-        if left > 0 {
-            warn!(
-                message = "Click events not acknowledged at shutdown.",
-                events = left
-            );
-        }
+            .context("the event sink shutdown task panicked")?;
 
         let _ = admin_stop.send(());
         if let Ok(admin_connections) = admin_loop.await {

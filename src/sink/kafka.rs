@@ -1,12 +1,11 @@
-//! Click events to Kafka through one `ThreadedProducer`.
+//! The Kafka side of the event path: one `ThreadedProducer`, its delivery reports,
+//! the broker's health, and the embedded development cluster.
 //!
-//! `send` only hands the message to librdkafka's bounded in-memory queue and returns:
-//! the request never waits for the broker. Delivery reports arrive on the producer's
-//! polling thread and feed the metrics. A queue that is full, or a producer that
-//! refuses the message, is counted as `dropped` and logged (the disk spool takes
-//! those in a later step).
+//! `try_send` only hands a message to librdkafka's bounded in-memory queue and
+//! returns. Delivery reports arrive on the producer's polling thread and go to the
+//! event pump as [`Ack`]s, which decides what is done (see `sink::pipeline`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,12 +15,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message};
 use tracing::{debug, error, info, warn};
 
+use super::SinkError;
 use crate::event::{SCHEMA_HEADER, SCHEMA_VERSION};
-use crate::metrics::{EventResult, Metrics};
+use crate::metrics::Metrics;
 
 /// Producer settings chosen for clicks: nothing acknowledged is lost (`acks=all`,
 /// idempotence), batches are compressed, and the queue is bounded so memory is too.
@@ -34,7 +33,8 @@ const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("batch.num.messages", "10000"),
     ("queue.buffering.max.messages", "200000"),
     ("queue.buffering.max.kbytes", "262144"),
-    ("message.timeout.ms", "300000"),
+    // An event not acknowledged in this time fails, and is sent again from the spool.
+    ("message.timeout.ms", "30000"),
 ];
 
 /// Partitions of the click topic in the embedded development cluster.
@@ -50,19 +50,11 @@ pub struct KafkaSettings {
     pub client_id: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("cannot start the embedded development Kafka: {0}")]
-    DevCluster(String),
-    #[error("cannot create the Kafka producer: {0}")]
-    Producer(#[from] KafkaError),
-}
-
 /// Lets one warning through per second and says how many it stands for, so a
 /// broker outage at 100k clicks/s does not become a logging outage. Every event is
 /// still counted in the metrics.
 #[derive(Debug)]
-struct LogEverySecond {
+pub(crate) struct LogEverySecond {
     started: Instant,
     /// Milliseconds since `started` of the last line let through; 0 before any.
     last_ms: AtomicU64,
@@ -70,7 +62,7 @@ struct LogEverySecond {
 }
 
 impl LogEverySecond {
-    fn new() -> LogEverySecond {
+    pub(crate) fn new() -> LogEverySecond {
         LogEverySecond {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -80,7 +72,7 @@ impl LogEverySecond {
 
     /// Counts one occurrence; `Some(n)` when a line is due, `n` occurrences since the
     /// last one.
-    fn tick(&self) -> Option<u64> {
+    pub(crate) fn tick(&self) -> Option<u64> {
         let count = self.since_last.fetch_add(1, Ordering::Relaxed) + 1;
         let now_ms = (self.started.elapsed().as_millis() as u64).max(1);
         let last = self.last_ms.load(Ordering::Relaxed);
@@ -98,9 +90,17 @@ impl LogEverySecond {
     }
 }
 
+/// A delivery report for the event pump. `opaque` is what the message was sent
+/// with; a failed message comes back whole so it can be sent again.
+#[derive(Debug)]
+pub struct Ack {
+    pub opaque: usize,
+    pub failed: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// Receives librdkafka's callbacks.
 pub struct EventContext {
-    metrics: Arc<Metrics>,
+    acks: crossbeam_channel::Sender<Ack>,
     failures: LogEverySecond,
 }
 
@@ -121,23 +121,28 @@ impl ClientContext for EventContext {
 }
 
 impl ProducerContext for EventContext {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.metrics.event(EventResult::Delivered, 1),
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let failed = match result {
+            Ok(_) => None,
             Err((error, message)) => {
-                self.metrics.event(EventResult::Failed, 1);
                 if let Some(failures) = self.failures.tick() {
                     warn!(
-                        message = "Kafka delivery failed.",
+                        message = "Kafka delivery failed; the events will be sent again.",
                         %error,
                         topic = message.topic(),
                         failures
                     );
                 }
+                Some((
+                    message.key().unwrap_or_default().to_vec(),
+                    message.payload().unwrap_or_default().to_vec(),
+                ))
             }
-        }
+        };
+        // The pump outlives the producer; a closed channel means shutdown is over.
+        let _ = self.acks.send(Ack { opaque, failed });
     }
 }
 
@@ -195,34 +200,46 @@ impl Drop for DevCluster {
     }
 }
 
-/// Where click events go.
-pub struct KafkaSink {
+/// What the health monitor last saw of the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerHealth {
+    /// Not probed yet: sending is allowed.
+    Unknown,
+    Up,
+    /// The last probe failed: new events wait in the spool.
+    Down,
+}
+
+/// The producer and the broker's health.
+pub struct Kafka {
     producer: ThreadedProducer<EventContext>,
     topic: String,
     bootstrap: String,
     metrics: Arc<Metrics>,
-    drops: LogEverySecond,
-    /// Set by the health monitor; read by `/readyz`.
-    broker_up: Arc<AtomicBool>,
+    /// Written by the health monitor: 0 unknown, 1 up, 2 down.
+    health: Arc<AtomicU8>,
     monitor_stop: Arc<AtomicBool>,
     /// Declared last: dropped after the producer, which must be gone first.
     _dev_cluster: Option<DevCluster>,
 }
 
-impl std::fmt::Debug for KafkaSink {
+impl std::fmt::Debug for Kafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSink")
+        f.debug_struct("Kafka")
             .field("topic", &self.topic)
             .field("bootstrap", &self.bootstrap)
             .finish()
     }
 }
 
-impl KafkaSink {
+impl Kafka {
+    /// Creates the producer (starting the development cluster when no brokers are
+    /// given) and its health monitor. Delivery reports go to `acks`.
     pub fn start(
         settings: &KafkaSettings,
         metrics: Arc<Metrics>,
-    ) -> Result<Arc<KafkaSink>, SinkError> {
+        acks: crossbeam_channel::Sender<Ack>,
+    ) -> Result<Arc<Kafka>, SinkError> {
         let dev_cluster = match &settings.brokers {
             Some(_) => None,
             None => Some(DevCluster::start(&settings.topic)?),
@@ -249,22 +266,21 @@ impl KafkaSink {
             config.set(key, value);
         }
         let context = EventContext {
-            metrics: metrics.clone(),
+            acks,
             failures: LogEverySecond::new(),
         };
         let producer: ThreadedProducer<EventContext> = config.create_with_context(context)?;
-        let sink = Arc::new(KafkaSink {
+        let kafka = Arc::new(Kafka {
             producer,
             topic: settings.topic.clone(),
             bootstrap,
             metrics,
-            drops: LogEverySecond::new(),
-            broker_up: Arc::new(AtomicBool::new(false)),
+            health: Arc::new(AtomicU8::new(0)),
             monitor_stop: Arc::new(AtomicBool::new(false)),
             _dev_cluster: dev_cluster,
         });
-        spawn_monitor(Arc::downgrade(&sink), sink.monitor_stop.clone());
-        Ok(sink)
+        spawn_monitor(Arc::downgrade(&kafka), kafka.monitor_stop.clone());
+        Ok(kafka)
     }
 
     /// The bootstrap servers in use (the embedded cluster's when it runs).
@@ -276,112 +292,82 @@ impl KafkaSink {
         &self.topic
     }
 
-    /// Whether the topic's metadata was fetched lately: the event path is writable.
-    pub fn is_broker_up(&self) -> bool {
-        self.broker_up.load(Ordering::Relaxed)
+    pub fn health(&self) -> BrokerHealth {
+        match self.health.load(Ordering::Relaxed) {
+            1 => BrokerHealth::Up,
+            2 => BrokerHealth::Down,
+            _ => BrokerHealth::Unknown,
+        }
     }
 
-    /// Hands one event to the producer's queue. Never blocks.
-    pub fn send(&self, key: &[u8], payload: &[u8]) {
+    /// Hands one message to the producer's queue; never blocks. `opaque` comes back
+    /// in its [`Ack`].
+    pub fn try_send(&self, key: &[u8], payload: &[u8], opaque: usize) -> Result<(), KafkaError> {
         let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
             key: SCHEMA_HEADER,
             value: Some(SCHEMA_VERSION),
         });
-        let record = BaseRecord::to(&self.topic)
+        let record = BaseRecord::with_opaque_to(&self.topic, opaque)
             .key(key)
             .payload(payload)
             .headers(headers);
-        match self.producer.send(record) {
-            Ok(()) => self.metrics.event(EventResult::Queued, 1),
-            Err((error, _)) => {
-                self.metrics.event(EventResult::Dropped, 1);
-                if let Some(dropped) = self.drops.tick() {
-                    let queue_full = matches!(
-                        error,
-                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                    );
-                    warn!(
-                        message = "Click events dropped: the producer did not take them.",
-                        %error,
-                        queue_full,
-                        dropped
-                    );
-                }
-            }
-        }
-    }
-
-    /// Waits up to `timeout` for every queued event to be acknowledged. Returns how
-    /// many were still in flight when it gave up.
-    pub fn flush(&self, timeout: Duration) -> usize {
-        let started = Instant::now();
-        let pending = self.producer.in_flight_count();
-        match self.producer.flush(timeout) {
-            Ok(()) => {
-                info!(
-                    message = "Kafka producer flushed.",
-                    events = pending,
-                    elapsed_ms = started.elapsed().as_millis() as u64
-                );
-                0
-            }
-            Err(error) => {
-                let left = self.producer.in_flight_count().max(0) as usize;
-                error!(message = "Kafka flush timed out; events not acknowledged.", %error, left);
-                left
-            }
-        }
+        self.producer.send(record).map_err(|(error, _)| error)
     }
 
     /// Events queued or in flight, not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.producer.in_flight_count().max(0) as usize
     }
+
+    /// Forgets every queued and in-flight message. Called once the spool holds
+    /// them, so that a producer outliving shutdown cannot send them a second time.
+    pub fn purge(&self) {
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
 }
 
-impl Drop for KafkaSink {
+impl Drop for Kafka {
     fn drop(&mut self) {
         self.monitor_stop.store(true, Ordering::Relaxed);
     }
 }
 
-/// Every second: whether the broker answers for the topic (readiness), and the
-/// producer's queue depth (`clickedge_kafka_queue_messages`).
-fn spawn_monitor(sink: std::sync::Weak<KafkaSink>, stop: Arc<AtomicBool>) {
+/// Every second: whether the broker answers for the topic (readiness, and whether
+/// new events are sent or wait in the spool), and the producer's queue depth.
+fn spawn_monitor(kafka: std::sync::Weak<Kafka>, stop: Arc<AtomicBool>) {
     let spawned = thread::Builder::new()
         .name("kafka-monitor".into())
         .spawn(move || {
             let mut was_up: Option<bool> = None;
             while !stop.load(Ordering::Relaxed) {
-                let Some(sink) = sink.upgrade() else { return };
-                let up = match sink
+                let Some(kafka) = kafka.upgrade() else { return };
+                let up = match kafka
                     .producer
                     .client()
-                    .fetch_metadata(Some(&sink.topic), Duration::from_secs(2))
+                    .fetch_metadata(Some(&kafka.topic), Duration::from_secs(2))
                 {
                     Ok(metadata) => metadata.topics().iter().any(|t| {
-                        t.name() == sink.topic && t.error().is_none() && !t.partitions().is_empty()
+                        t.name() == kafka.topic && t.error().is_none() && !t.partitions().is_empty()
                     }),
                     Err(_) => false,
                 };
-                sink.broker_up.store(up, Ordering::Relaxed);
-                sink.metrics.kafka_broker_up.set(if up { 1.0 } else { 0.0 });
-                sink.metrics
-                    .kafka_queue_messages
-                    .set(sink.producer.in_flight_count().max(0) as f64);
+                kafka.health.store(if up { 1 } else { 2 }, Ordering::Relaxed);
+                kafka.metrics.kafka_broker_up.set(if up { 1.0 } else { 0.0 });
+                kafka.metrics.kafka_queue_messages.set(kafka.in_flight() as f64);
                 if was_up != Some(up) {
                     if up {
-                        info!(message = "Kafka topic reachable.", topic = %sink.topic);
+                        info!(message = "Kafka topic reachable.", topic = %kafka.topic);
                     } else {
                         warn!(
-                            message = "Kafka topic not reachable (broker down or topic missing).",
-                            topic = %sink.topic,
-                            bootstrap = %sink.bootstrap
+                            message = "Kafka topic not reachable (broker down or topic missing); new events wait in the spool.",
+                            topic = %kafka.topic,
+                            bootstrap = %kafka.bootstrap
                         );
                     }
                     was_up = Some(up);
                 }
-                drop(sink);
+                drop(kafka);
                 thread::sleep(Duration::from_secs(1));
             }
         });

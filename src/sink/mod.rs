@@ -1,5 +1,20 @@
-//! Where click events go once the redirect is answered.
+//! Where click events go once the redirect is answered: a bounded channel, the
+//! disk spool, then Kafka (see [`pipeline`]).
 
 pub mod kafka;
+pub mod pipeline;
+pub mod spool;
 
-pub use kafka::{KafkaSettings, KafkaSink, SinkError};
+pub use kafka::{BrokerHealth, KafkaSettings};
+pub use pipeline::{EventSink, SpoolSettings};
+pub use spool::SpoolError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot start the embedded development Kafka: {0}")]
+    DevCluster(String),
+    #[error("cannot create the Kafka producer: {0}")]
+    Producer(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}

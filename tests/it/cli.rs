@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use crate::support::{free_port, request, BROWSER_UA};
 
+/// The built binary, with the test environment's CLICKEDGE_* removed and a spool
+/// directory of its own (a fresh one per call; kept until the process exits).
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_clickedge"));
     // The tests' own environment must not configure the edge under test.
@@ -16,6 +18,7 @@ pub fn binary() -> Command {
             command.env_remove(name);
         }
     }
+    command.env("CLICKEDGE_SPOOL_DIR", tempfile::tempdir().unwrap().keep());
     command
 }
 
@@ -152,30 +155,42 @@ fn every_flag_reads_its_environment_variable_and_the_command_line_wins() {
 fn every_edge_flag_names_its_environment_variable() {
     let (code, help, _) = run(binary().arg("--help"));
     assert_eq!(code, 0);
-    let mut flags = 0;
+    // Each option's paragraph: its `--flag` line and the lines up to the next one.
+    let mut paragraphs: Vec<(String, String)> = Vec::new();
     for line in help.lines().map(str::trim_start) {
-        let Some(rest) = line.strip_prefix("--") else {
-            continue;
-        };
-        let flag = rest.split([' ', '=']).next().unwrap();
-        if matches!(flag, "help" | "version") {
-            continue;
+        if let Some(rest) = line.strip_prefix("--") {
+            let flag = rest.split([' ', '=']).next().unwrap().to_owned();
+            paragraphs.push((flag, line.to_owned()));
+        } else if line.starts_with("-h") || line.starts_with("-V") {
+            paragraphs.push(("help".into(), String::new()));
+        } else if let Some((_, text)) = paragraphs.last_mut() {
+            text.push(' ');
+            text.push_str(line);
         }
-        flags += 1;
-        let wanted = format!("[env: CLICKEDGE_{}=", flag.to_uppercase().replace('-', "_"));
-        assert!(line.contains(&wanted), "--{flag} lacks {wanted}: {line}");
     }
-    assert!(flags >= 12, "found only {flags} flags in:\n{help}");
+    let flags: Vec<_> = paragraphs
+        .iter()
+        .filter(|(flag, _)| !matches!(flag.as_str(), "help" | "version"))
+        .collect();
+    for (flag, text) in &flags {
+        let wanted = format!("[env: CLICKEDGE_{}=", flag.to_uppercase().replace('-', "_"));
+        assert!(text.contains(&wanted), "--{flag} lacks {wanted}: {text}");
+    }
+    assert!(
+        flags.len() >= 16,
+        "found only {} flags in:\n{help}",
+        flags.len()
+    );
 }
 
 /// A running binary whose stderr is watched for its log lines.
-struct Running {
-    child: Child,
+pub struct Running {
+    pub child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Running {
-    fn start(args: &[&str]) -> Running {
+    pub fn start(args: &[&str]) -> Running {
         let mut child = binary()
             .args(args)
             .env("RUST_LOG", "info")
@@ -194,7 +209,7 @@ impl Running {
     }
 
     /// Waits for a log line containing `needle`.
-    fn wait_for(&self, needle: &str) -> String {
+    pub fn wait_for(&self, needle: &str) -> String {
         loop {
             let line = self
                 .lines
@@ -206,11 +221,11 @@ impl Running {
         }
     }
 
-    fn terminate(self) -> i32 {
+    pub fn terminate(self) -> i32 {
         self.signal("-TERM")
     }
 
-    fn signal(mut self, signal: &str) -> i32 {
+    pub fn signal(mut self, signal: &str) -> i32 {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args([signal, &pid])

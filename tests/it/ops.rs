@@ -5,16 +5,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
 
-use crate::support::{consume, request, TestEdge, LINKS};
-
-/// The value of one sample line `name{labels} value` in a Prometheus text page.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use crate::support::{consume, request, sample, TestEdge, LINKS};
 
 async fn wait_for_sample(edge: &TestEdge, series: &str, want: f64) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -89,7 +80,7 @@ async fn metrics_count_requests_events_links_and_connections() {
             r#"clickedge_request_duration_seconds_bucket{le="+Inf"}"#,
             8.0,
         ),
-        (r#"clickedge_spool_size_bytes"#, 0.0),
+        (r#"clickedge_spool_backlog_bytes"#, 0.0),
         (r#"clickedge_build_info{version="0.1.0"}"#, 1.0),
         // This scrape's own connection.
         (r#"clickedge_connections_active{listener="admin"}"#, 1.0),
@@ -111,6 +102,13 @@ async fn metrics_count_requests_events_links_and_connections() {
         sample(&m, "clickedge_kafka_queue_messages").is_some(),
         "{m}"
     );
+    assert!(
+        sample(&m, "clickedge_spool_size_bytes").unwrap() > 0.0,
+        "events are journaled: {m}"
+    );
+    // Acknowledged events leave the disk once their segment is sealed.
+    wait_for_sample(&edge, "clickedge_spool_size_bytes", 0.0).await;
+    wait_for_sample(&edge, "clickedge_spool_segments", 0.0).await;
 }
 
 #[tokio::test]
@@ -123,31 +121,56 @@ async fn probes_health_and_readiness() {
     assert_eq!(edge.admin_get("/nope").await.status, 404);
 }
 
+/// Clicks until the spool refuses one (broker down, small spool).
+async fn fill_the_spool(edge: &TestEdge) -> usize {
+    for sent in 1..=2000 {
+        assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
+        let m = edge.metrics().await;
+        if sample(&m, r#"clickedge_click_events_total{result="dropped"}"#) > Some(0.0) {
+            return sent;
+        }
+    }
+    panic!("the spool never filled");
+}
+
 #[tokio::test]
-async fn readiness_follows_the_broker() {
+async fn readiness_needs_the_spool_or_the_broker() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("clicks", 1, 1).unwrap();
     cluster.broker_down(1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
     let edge = TestEdge::start(
         LINKS,
-        &["--kafka-brokers", &bootstrap, "--shutdown-timeout", "1s"],
+        &[
+            "--kafka-brokers",
+            &bootstrap,
+            "--spool-max-bytes",
+            "64KiB",
+            "--shutdown-timeout",
+            "1s",
+        ],
     )
     .await;
-    // Redirects do not wait for Kafka, ready or not.
-    assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = edge.admin_get("/readyz").await;
-    assert_eq!(
-        (r.status, r.body.as_str()),
-        (503, "not ready: Kafka topic not reachable\n")
-    );
+    // Broker down, spool empty: events are safe on disk, so the node is ready.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         sample(&edge.metrics().await, "clickedge_kafka_broker_up"),
         Some(0.0)
     );
+    assert_eq!(edge.admin_get("/readyz").await.status, 200);
+
+    fill_the_spool(&edge).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = edge.admin_get("/readyz").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, "not ready: spool full and Kafka topic not reachable\n")
+    );
+
+    // The broker returns: ready again, and the spool drains.
     cluster.broker_up(1).unwrap();
     edge.wait_ready().await;
+    wait_for_sample(&edge, "clickedge_spool_backlog_bytes", 0.0).await;
     assert_eq!(
         sample(&edge.metrics().await, "clickedge_kafka_broker_up"),
         Some(1.0)
@@ -223,7 +246,7 @@ async fn draining_answers_503_on_readyz_and_refuses_new_clicks() {
 }
 
 #[tokio::test]
-async fn events_the_producer_refuses_are_counted_dropped_and_redirects_go_on() {
+async fn a_full_spool_drops_and_counts_while_redirects_go_on() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("clicks", 1, 1).unwrap();
     cluster.broker_down(1).unwrap();
@@ -233,19 +256,33 @@ async fn events_the_producer_refuses_are_counted_dropped_and_redirects_go_on() {
         &[
             "--kafka-brokers",
             &bootstrap,
-            "--kafka-option",
-            "queue.buffering.max.messages=3",
+            "--spool-max-bytes",
+            "64KiB",
             "--shutdown-timeout",
             "1s",
         ],
     )
     .await;
-    for _ in 0..10 {
+    for _ in 0..300 {
         assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let m = edge.metrics().await;
-    let queued = sample(&m, r#"clickedge_click_events_total{result="queued"}"#).unwrap();
-    let dropped = sample(&m, r#"clickedge_click_events_total{result="dropped"}"#).unwrap();
-    assert_eq!(queued + dropped, 10.0, "{m}");
-    assert!(dropped >= 7.0, "a full queue drops: {m}");
+    let count = |result: &str| {
+        sample(
+            &m,
+            &format!(r#"clickedge_click_events_total{{result="{result}"}}"#),
+        )
+        .unwrap()
+    };
+    assert!(count("dropped") > 0.0, "{m}");
+    // Every click is accounted for: sent (and spooled), kept for replay, or dropped.
+    assert_eq!(
+        count("queued") + count("spooled") + count("dropped"),
+        300.0,
+        "{m}"
+    );
+    let size = sample(&m, "clickedge_spool_size_bytes").unwrap();
+    assert!(size > 0.0 && size <= 65536.0, "{m}");
+    edge.stop().await.unwrap();
 }

@@ -51,11 +51,17 @@ pub struct TestEdge {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _links: tempfile::NamedTempFile,
+    _spool_dir: Option<tempfile::TempDir>,
 }
 
 impl TestEdge {
-    /// Starts an edge serving `links` with `args` added to the command line.
+    /// Starts an edge serving `links` with `args` added to the command line, on a
+    /// spool directory of its own unless `args` name one.
     pub async fn start(links: &str, args: &[&str]) -> TestEdge {
+        let spool_dir = (!args.contains(&"--spool-dir")).then(|| tempfile::tempdir().unwrap());
+        let spool_path = spool_dir
+            .as_ref()
+            .map(|d| d.path().to_str().unwrap().to_owned());
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(links.as_bytes()).unwrap();
         let path = file.path().to_str().unwrap().to_owned();
@@ -73,6 +79,9 @@ impl TestEdge {
         if !args.contains(&"--shutdown-timeout") {
             argv.extend_from_slice(&["--shutdown-timeout", "5s"]);
         }
+        if let Some(path) = &spool_path {
+            argv.extend_from_slice(&["--spool-dir", path]);
+        }
         argv.extend_from_slice(args);
         let config = Config::from_argv(argv).unwrap();
         let topic = config.kafka.topic.clone();
@@ -86,6 +95,7 @@ impl TestEdge {
             stop: Some(stop),
             task: None,
             _links: file,
+            _spool_dir: spool_dir,
         };
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
@@ -311,6 +321,87 @@ pub fn consume_blocking(
         });
     }
     out
+}
+
+/// Clicks `per_connection` tracking links on each of `connections` keep-alive
+/// connections, pausing `pause` between a connection's requests. Returns the click
+/// ids of the redirects answered, and whether a connection failed (the edge died).
+/// Every answer that comes back must be a 302.
+pub async fn click_steadily(
+    addr: SocketAddr,
+    connections: usize,
+    per_connection: usize,
+    pause: Duration,
+) -> (Vec<String>, bool) {
+    let mut workers = Vec::new();
+    for worker in 0..connections {
+        workers.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(per_connection);
+            let Ok(stream) = TcpStream::connect(addr).await else {
+                return (ids, true);
+            };
+            let Ok((mut sender, connection)) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+            else {
+                return (ids, true);
+            };
+            tokio::spawn(connection);
+            for i in 0..per_connection {
+                let request = hyper::Request::get(format!("/c/{worker}/5678/9012?n={i}"))
+                    .header("host", "acme.sjv.io")
+                    .header("user-agent", BROWSER_UA)
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let Ok(response) = sender.send_request(request).await else {
+                    return (ids, true);
+                };
+                assert_eq!(response.status(), 302);
+                let location = response.headers()["location"].to_str().unwrap().to_owned();
+                if response.into_body().collect().await.is_err() {
+                    return (ids, true);
+                }
+                let id = location.rsplit("clickid=").next().unwrap().to_owned();
+                assert_eq!(id.len(), 26, "{location}");
+                ids.push(id);
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            (ids, false)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut failed = false;
+    for worker in workers {
+        let (ids, worker_failed) = worker.await.unwrap();
+        all.extend(ids);
+        failed |= worker_failed;
+    }
+    (all, failed)
+}
+
+/// Click ids served that are not among `events`, and how many events are
+/// duplicates.
+pub fn missing_and_duplicates(served: &[String], events: &[Consumed]) -> (Vec<String>, usize) {
+    let got: std::collections::HashSet<&str> = events
+        .iter()
+        .map(|e| e.field("click_id").as_str().unwrap())
+        .collect();
+    let missing = served
+        .iter()
+        .filter(|id| !got.contains(id.as_str()))
+        .cloned()
+        .collect();
+    (missing, events.len() - got.len())
+}
+
+/// The value of one sample line `name{labels} value` in a Prometheus text page.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// A port nothing listens on right now, for a process that must be told its port.

@@ -1,0 +1,505 @@
+//! The event path: request → bounded channel → pump → spool → Kafka.
+//!
+//! The request path only `try_send`s into a bounded channel and returns; a full
+//! channel (the pump stalled on a dead disk) is the one place an event is dropped
+//! there, counted and logged. One pump thread then, per batch:
+//!
+//! 1. appends the events to the spool and hands them to the operating system;
+//! 2. if nothing is waiting in the spool and the broker is not known to be down,
+//!    sends them to Kafka from memory ("live");
+//! 3. otherwise leaves them in the spool, from which they are replayed in order, at
+//!    most `--spool-replay-rate` per second, once the broker is back;
+//! 4. counts acknowledgements per segment, sends failed ones again, and deletes a
+//!    segment once it is sealed, fully sent and fully acknowledged.
+//!
+//! Shutdown drains the channel into the spool, waits for acknowledgements up to the
+//! deadline, and fsyncs: whatever was not acknowledged is on disk for the next start.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tracing::{error, info, warn};
+
+use super::kafka::{Ack, BrokerHealth, Kafka, KafkaSettings, LogEverySecond};
+use super::spool::{Frame, Spool, SpoolError};
+use super::SinkError;
+use crate::metrics::{EventResult, Metrics};
+
+/// Events the request path may hand over before the pump catches up: about a
+/// second of a busy node's clicks.
+const CHANNEL_CAPACITY: usize = 65_536;
+/// Events the pump takes per batch.
+const BATCH: usize = 4096;
+/// A segment is sealed at this size or age, so acknowledged events leave the disk.
+const SEGMENT_MAX_BYTES: u64 = 16 << 20;
+const SEGMENT_MAX_AGE: Duration = Duration::from_secs(1);
+/// How much of a segment one replay step reads.
+const REPLAY_READ_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub fsync_interval: Duration,
+    /// Replayed events per second at most; 0 is unlimited.
+    pub replay_rate: u64,
+}
+
+/// One click event on its way: keyed by visitor or click id (both 26 bytes).
+struct Event {
+    key: [u8; 26],
+    value: Vec<u8>,
+}
+
+/// The handle the server holds.
+pub struct EventSink {
+    tx: Sender<Event>,
+    kafka: Arc<Kafka>,
+    metrics: Arc<Metrics>,
+    drops: LogEverySecond,
+    /// Mirrors the pump's view, for `/readyz`.
+    spool_has_room: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    /// Milliseconds the pump may still wait for acknowledgements once stopping.
+    drain_ms: Arc<AtomicU64>,
+    pump: Mutex<Option<thread::JoinHandle<bool>>>,
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink")
+            .field("kafka", &self.kafka)
+            .finish()
+    }
+}
+
+impl EventSink {
+    /// Opens the spool (replaying what an earlier run left), starts Kafka and the
+    /// pump.
+    pub fn start(
+        kafka: &KafkaSettings,
+        spool: &SpoolSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<EventSink>, SinkError> {
+        let opened = Spool::open(&spool.dir, spool.max_bytes, SEGMENT_MAX_BYTES)?;
+        if opened.backlog_bytes() > 0 {
+            info!(
+                message = "Spool holds events from an earlier run; they will be replayed.",
+                dir = %spool.dir.display(),
+                bytes = opened.backlog_bytes(),
+                segments = opened.segment_count()
+            );
+        }
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        let kafka = Kafka::start(kafka, metrics.clone(), ack_tx)?;
+        let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
+        let spool_has_room = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let drain_ms = Arc::new(AtomicU64::new(0));
+        let pump = Pump {
+            rx,
+            acks: ack_rx,
+            kafka: kafka.clone(),
+            spool: opened,
+            metrics: metrics.clone(),
+            settings: spool.clone(),
+            resend: VecDeque::new(),
+            tokens: spool.replay_rate as f64,
+            last_refill: Instant::now(),
+            last_sync: Instant::now(),
+            spool_has_room: spool_has_room.clone(),
+            stop: stop.clone(),
+            drain_ms: drain_ms.clone(),
+            spool_errors: LogEverySecond::new(),
+            drops: LogEverySecond::new(),
+        };
+        let handle = thread::Builder::new()
+            .name("event-pump".into())
+            .spawn(move || pump.run())
+            .map_err(|e| {
+                SinkError::Spool(SpoolError::Io {
+                    dir: spool.dir.clone(),
+                    source: e,
+                })
+            })?;
+        Ok(Arc::new(EventSink {
+            tx,
+            kafka,
+            metrics,
+            drops: LogEverySecond::new(),
+            spool_has_room,
+            stop,
+            drain_ms,
+            pump: Mutex::new(Some(handle)),
+        }))
+    }
+
+    /// Hands one event to the pump. Never blocks.
+    pub fn submit(&self, key: &str, value: Vec<u8>) {
+        let mut fixed = [0u8; 26];
+        let bytes = key.as_bytes();
+        let len = bytes.len().min(26);
+        fixed[..len].copy_from_slice(&bytes[..len]);
+        match self.tx.try_send(Event { key: fixed, value }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.event(EventResult::Dropped, 1);
+                if let Some(dropped) = self.drops.tick() {
+                    error!(
+                        message = "Click events dropped: the event pump is not keeping up (disk stalled?).",
+                        dropped
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        self.kafka.bootstrap()
+    }
+
+    pub fn topic(&self) -> &str {
+        self.kafka.topic()
+    }
+
+    /// The event path is writable: the spool has room, or the broker is up.
+    pub fn is_writable(&self) -> bool {
+        self.spool_has_room.load(Ordering::Relaxed) || self.kafka.health() == BrokerHealth::Up
+    }
+
+    pub fn broker_health(&self) -> BrokerHealth {
+        self.kafka.health()
+    }
+
+    /// Stops the pump after it has spooled every submitted event and waited up to
+    /// `timeout` for acknowledgements. Returns whether all were acknowledged (what
+    /// was not stays in the spool for the next start).
+    pub fn shutdown(&self, timeout: Duration) -> bool {
+        self.drain_ms
+            .store(timeout.as_millis() as u64, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        let handle = self.pump.lock().expect("pump handle lock").take();
+        match handle.map(thread::JoinHandle::join) {
+            Some(Ok(done)) => done,
+            Some(Err(_)) => {
+                error!(
+                    message = "The event pump panicked; unacknowledged events stay in the spool."
+                );
+                false
+            }
+            None => true,
+        }
+    }
+}
+
+/// A sink dropped without [`EventSink::shutdown`] (a failed start, a test) stops its
+/// pump without waiting: what is not acknowledged stays in the spool.
+impl Drop for EventSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.pump.lock().ok().and_then(|mut p| p.take()) {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct Pump {
+    rx: Receiver<Event>,
+    acks: Receiver<Ack>,
+    kafka: Arc<Kafka>,
+    spool: Spool,
+    metrics: Arc<Metrics>,
+    settings: SpoolSettings,
+    /// Failed deliveries to send again: (opaque, key, value).
+    resend: VecDeque<(usize, Vec<u8>, Vec<u8>)>,
+    /// Replay token bucket.
+    tokens: f64,
+    last_refill: Instant,
+    last_sync: Instant,
+    spool_has_room: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    drain_ms: Arc<AtomicU64>,
+    spool_errors: LogEverySecond,
+    drops: LogEverySecond,
+}
+
+/// A message's opaque: its segment, and whether it was sent from the backlog.
+fn opaque(segment: u64, replayed: bool) -> usize {
+    ((segment as usize) << 1) | usize::from(replayed)
+}
+
+impl Pump {
+    /// Runs until stopped; returns whether every event was acknowledged.
+    fn run(mut self) -> bool {
+        let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let mut stopping = self.stop.load(Ordering::SeqCst);
+            match self.rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(event) => batch.push(event),
+                Err(RecvTimeoutError::Timeout) => {}
+                // The sink is gone: nothing more can arrive.
+                Err(RecvTimeoutError::Disconnected) => stopping = true,
+            }
+            batch.extend(self.rx.try_iter().take(BATCH - batch.len()));
+            let took = batch.len();
+            self.append_and_send(&mut batch);
+            self.take_acks();
+            self.resend_failed();
+            self.replay();
+            self.housekeeping();
+
+            if stopping && took == 0 {
+                let deadline = *drain_deadline.get_or_insert_with(|| {
+                    Instant::now() + Duration::from_millis(self.drain_ms.load(Ordering::SeqCst))
+                });
+                if self.all_acknowledged() || Instant::now() >= deadline {
+                    return self.finish();
+                }
+            }
+        }
+    }
+
+    fn append_and_send(&mut self, batch: &mut Vec<Event>) {
+        if batch.is_empty() {
+            return;
+        }
+        // Live only when nothing waits before these events and Kafka may take them.
+        let mut live = !self.spool.has_backlog()
+            && self.resend.is_empty()
+            && self.kafka.health() != BrokerHealth::Down;
+        let mut appended = Vec::with_capacity(batch.len());
+        for event in batch.drain(..) {
+            match self.spool.append(&event.key, &event.value) {
+                Ok(segment) => appended.push((segment, event)),
+                Err(SpoolError::Full { .. }) => {
+                    self.metrics.event(EventResult::Dropped, 1);
+                    if let Some(dropped) = self.drops.tick() {
+                        error!(
+                            message =
+                                "Click events dropped: the spool is full (--spool-max-bytes).",
+                            dropped,
+                            spool_bytes = self.spool.total_bytes()
+                        );
+                    }
+                }
+                Err(error) => {
+                    // The disk failed: still try Kafka directly rather than lose it.
+                    if let Some(errors) = self.spool_errors.tick() {
+                        error!(message = "Cannot write the spool.", %error, errors);
+                    }
+                    let sent = live
+                        && self
+                            .kafka
+                            .try_send(&event.key, &event.value, usize::MAX)
+                            .is_ok();
+                    self.metrics.event(
+                        if sent {
+                            EventResult::Queued
+                        } else {
+                            EventResult::Dropped
+                        },
+                        1,
+                    );
+                }
+            }
+        }
+        if let Err(error) = self.spool.flush() {
+            if let Some(errors) = self.spool_errors.tick() {
+                error!(message = "Cannot write the spool.", %error, errors);
+            }
+        }
+        let mut spooled = 0;
+        for (segment, event) in appended {
+            if live {
+                match self
+                    .kafka
+                    .try_send(&event.key, &event.value, opaque(segment, false))
+                {
+                    Ok(()) => {
+                        self.metrics.event(EventResult::Queued, 1);
+                        let frame = Spool::frame_len(event.key.len(), event.value.len());
+                        let record = self.spool.segment_mut(segment).expect("just appended");
+                        record.sent_pos += frame;
+                        record.sent += 1;
+                        continue;
+                    }
+                    // Queue full or the like: this and what follows wait in the spool.
+                    Err(_) => live = false,
+                }
+            }
+            spooled += 1;
+        }
+        if spooled > 0 {
+            self.metrics.event(EventResult::Spooled, spooled);
+        }
+    }
+
+    fn take_acks(&mut self) {
+        for ack in self.acks.try_iter() {
+            if ack.opaque == usize::MAX {
+                // Sent around a failed spool: nothing to account for on disk.
+                if ack.failed.is_none() {
+                    self.metrics.event(EventResult::Delivered, 1);
+                }
+                continue;
+            }
+            let segment = (ack.opaque >> 1) as u64;
+            let replayed = ack.opaque & 1 == 1;
+            match ack.failed {
+                None => {
+                    if let Some(record) = self.spool.segment_mut(segment) {
+                        record.acked += 1;
+                    }
+                    self.metrics.event(
+                        if replayed {
+                            EventResult::Replayed
+                        } else {
+                            EventResult::Delivered
+                        },
+                        1,
+                    );
+                }
+                Some((key, value)) => {
+                    self.metrics.event(EventResult::Failed, 1);
+                    self.resend.push_back((ack.opaque, key, value));
+                }
+            }
+        }
+    }
+
+    fn resend_failed(&mut self) {
+        if self.kafka.health() == BrokerHealth::Down {
+            return;
+        }
+        while let Some((opaque, key, value)) = self.resend.front() {
+            if self.kafka.try_send(key, value, *opaque).is_err() {
+                return;
+            }
+            self.metrics.event(EventResult::Queued, 1);
+            self.resend.pop_front();
+        }
+    }
+
+    /// Sends spooled events in order, within the rate limit, while Kafka takes them.
+    fn replay(&mut self) {
+        if self.kafka.health() == BrokerHealth::Down || !self.resend.is_empty() {
+            return;
+        }
+        let rate = self.settings.replay_rate as f64;
+        let now = Instant::now();
+        if rate > 0.0 {
+            let elapsed = now.duration_since(self.last_refill).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * rate).min(rate.max(1.0));
+        }
+        self.last_refill = now;
+        if rate > 0.0 && self.tokens < 1.0 {
+            return;
+        }
+        // One read per pump turn, so a long backlog never keeps new events waiting
+        // in the channel.
+        let Some(segment) = self.spool.first_unsent() else {
+            return;
+        };
+        let frames = match self.spool.read_unsent(segment, REPLAY_READ_BYTES) {
+            Ok(frames) => frames,
+            Err(error) => {
+                if let Some(errors) = self.spool_errors.tick() {
+                    error!(message = "Cannot read the spool for replay.", %error, errors);
+                }
+                return;
+            }
+        };
+        for frame in frames {
+            match frame {
+                Frame::Corrupt { end } => {
+                    self.metrics.spool_corrupt_records.increment(1);
+                    warn!(
+                        message = "Corrupt or torn record in the spool skipped.",
+                        segment, end
+                    );
+                    self.spool.segment_mut(segment).expect("listed").sent_pos = end;
+                }
+                Frame::Record { key, value, end } => {
+                    if rate > 0.0 && self.tokens < 1.0 {
+                        return;
+                    }
+                    if self
+                        .kafka
+                        .try_send(&key, &value, opaque(segment, true))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    self.metrics.event(EventResult::Queued, 1);
+                    let record = self.spool.segment_mut(segment).expect("listed");
+                    record.sent_pos = end;
+                    record.sent += 1;
+                    self.tokens -= 1.0;
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let result = (|| -> Result<(), SpoolError> {
+            self.spool.seal_if_older(SEGMENT_MAX_AGE)?;
+            if self.last_sync.elapsed() >= self.settings.fsync_interval {
+                self.spool.sync()?;
+                self.last_sync = Instant::now();
+            }
+            self.spool.remove_done()?;
+            Ok(())
+        })();
+        if let Err(error) = result {
+            if let Some(errors) = self.spool_errors.tick() {
+                error!(message = "Spool housekeeping failed.", %error, errors);
+            }
+        }
+        let total = self.spool.total_bytes();
+        self.metrics.spool_size_bytes.set(total as f64);
+        self.metrics
+            .spool_segments
+            .set(self.spool.segment_count() as f64);
+        self.metrics
+            .spool_backlog_bytes
+            .set(self.spool.backlog_bytes() as f64);
+        self.spool_has_room
+            .store(self.spool.has_room_for(4096), Ordering::Relaxed);
+    }
+
+    /// Whether every event taken so far is acknowledged.
+    fn all_acknowledged(&self) -> bool {
+        self.spool.unacknowledged() == 0 && self.resend.is_empty() && !self.spool.has_backlog()
+    }
+
+    fn finish(mut self) -> bool {
+        // What is not acknowledged is in the spool for the next start; nothing more
+        // may leave from memory.
+        self.kafka.purge();
+        let unacked = self.spool.unacknowledged() + self.resend.len() as u64;
+        if let Err(error) = self.spool.seal_active() {
+            error!(message = "Cannot sync the spool at shutdown.", %error);
+        }
+        let backlog = self.spool.backlog_bytes();
+        let done = unacked == 0 && backlog == 0;
+        if done {
+            info!(message = "Every click event acknowledged by Kafka.");
+        } else {
+            warn!(
+                message = "Click events not acknowledged at shutdown stay in the spool for the next start.",
+                in_flight = unacked,
+                backlog_bytes = backlog,
+                dir = %self.spool.dir().display()
+            );
+        }
+        // Segments are deleted only once acknowledged: what is pending stays.
+        let _ = self.spool.remove_done();
+        done
+    }
+}

@@ -1,0 +1,698 @@
+//! The disk spool: an append-only log of click events in segment files.
+//!
+//! Every event is appended here before it is sent to Kafka, and a segment is deleted
+//! only when it is sealed and every record in it was acknowledged. So what the edge
+//! answered survives a broker outage, a shutdown with the broker down, and a crash.
+//!
+//! ## Format
+//! A segment `NNNNNNNNNNNNNNNNNNNN.seg` is a sequence of frames:
+//!
+//! ```text
+//! magic "CEv1" | payload length: u32 LE | CRC32C of payload: u32 LE | payload
+//! payload = key length: u16 LE | key | value
+//! ```
+//!
+//! A torn frame (a crash mid-write) or a corrupt one (bad length or checksum) is
+//! detected, skipped and counted; reading resumes at the next magic, so the rest of
+//! the segment still replays.
+//!
+//! ## Durability
+//! Frames are handed to the operating system after every batch, so a crash of the
+//! process (kill -9) loses only events not yet taken from the in-memory channel. An
+//! `fsync` runs every `--spool-fsync-interval` on a thread of its own (the writer
+//! never waits for the disk); a crash of the machine can lose at most that interval
+//! of events.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const MAGIC: [u8; 4] = *b"CEv1";
+const HEADER: usize = 12;
+/// No click event comes near this; a larger length is corruption.
+const MAX_PAYLOAD: usize = 1 << 20;
+const SEGMENT_SUFFIX: &str = ".seg";
+const LOCK_FILE: &str = "LOCK";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool is full ({max_bytes} bytes, --spool-max-bytes)")]
+    Full { max_bytes: u64 },
+    #[error("spool directory {}: {source}", dir.display())]
+    Io { dir: PathBuf, source: io::Error },
+    #[error("spool directory {} is in use by another clickedge process", .0.display())]
+    Locked(PathBuf),
+    #[error("event too large for the spool: {0} bytes")]
+    TooLarge(usize),
+}
+
+/// One segment file and how far it has been sent and acknowledged.
+#[derive(Debug)]
+pub struct Segment {
+    pub id: u64,
+    pub path: PathBuf,
+    /// Bytes written (for the active segment: including what is still buffered).
+    pub bytes: u64,
+    /// Byte offset up to which records were sent to Kafka (or skipped as corrupt).
+    pub sent_pos: u64,
+    /// Records sent to Kafka (live or replayed).
+    pub sent: u64,
+    /// Records Kafka acknowledged.
+    pub acked: u64,
+    /// No more appends: the segment can go once it is fully sent and acknowledged.
+    pub sealed: bool,
+    created: Instant,
+}
+
+impl Segment {
+    pub fn unsent_bytes(&self) -> u64 {
+        self.bytes - self.sent_pos
+    }
+
+    fn is_done(&self) -> bool {
+        self.sealed && self.sent_pos == self.bytes && self.acked >= self.sent
+    }
+}
+
+/// What reading a segment finds, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    Record {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        /// Offset just past this frame.
+        end: u64,
+    },
+    /// Bytes that are not a valid frame (torn or corrupt), up to `end`.
+    Corrupt { end: u64 },
+}
+
+/// Appends and reads segments in one directory, which it holds locked.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_max_bytes: u64,
+    segments: BTreeMap<u64, Segment>,
+    writer: Option<(u64, BufWriter<File>)>,
+    next_id: u64,
+    total_bytes: u64,
+    /// Written since the last fsync.
+    dirty: bool,
+    /// Files to fsync, for the syncer thread; `None` once closed.
+    syncer: Option<crossbeam_channel::Sender<File>>,
+    syncer_thread: Option<std::thread::JoinHandle<()>>,
+    _lock: File,
+}
+
+impl Drop for Spool {
+    /// Waits for the pending fsyncs, so that a clean stop leaves nothing unsynced.
+    fn drop(&mut self) {
+        if let Some((_, writer)) = self.writer.take() {
+            if let Ok(file) = writer.into_inner() {
+                self.to_syncer(file);
+            }
+        }
+        drop(self.syncer.take());
+        if let Some(thread) = self.syncer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Spool {
+    /// Opens (creating) the directory, locks it, and takes over leftover segments:
+    /// they are sealed and unsent, to be replayed.
+    pub fn open(dir: &Path, max_bytes: u64, segment_max_bytes: u64) -> Result<Spool, SpoolError> {
+        let io_err = |source| SpoolError::Io {
+            dir: dir.to_owned(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(io_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked(dir.to_owned())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        let mut segments = BTreeMap::new();
+        let mut total_bytes = 0;
+        for entry in fs::read_dir(dir).map_err(io_err)? {
+            let entry = entry.map_err(io_err)?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let bytes = entry.metadata().map_err(io_err)?.len();
+            if bytes == 0 {
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
+            total_bytes += bytes;
+            segments.insert(
+                id,
+                Segment {
+                    id,
+                    path: entry.path(),
+                    bytes,
+                    sent_pos: 0,
+                    sent: 0,
+                    acked: 0,
+                    sealed: true,
+                    created: Instant::now(),
+                },
+            );
+        }
+        let next_id = segments.keys().next_back().map_or(1, |id| id + 1);
+        let (syncer, files) = crossbeam_channel::unbounded::<File>();
+        let syncer_thread = std::thread::Builder::new()
+            .name("spool-fsync".into())
+            .spawn(move || {
+                for file in files {
+                    if let Err(error) = file.sync_data() {
+                        tracing::error!(message = "Spool fsync failed.", %error);
+                    }
+                }
+            })
+            .map_err(io_err)?;
+        Ok(Spool {
+            dir: dir.to_owned(),
+            max_bytes,
+            segment_max_bytes,
+            segments,
+            writer: None,
+            next_id,
+            total_bytes,
+            dirty: false,
+            syncer: Some(syncer),
+            syncer_thread: Some(syncer_thread),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Bytes written but not yet sent: the replay backlog.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.segments.values().map(Segment::unsent_bytes).sum()
+    }
+
+    pub fn has_backlog(&self) -> bool {
+        self.segments.values().any(|s| s.unsent_bytes() > 0)
+    }
+
+    /// The bytes a record with these key and value lengths takes on disk.
+    pub fn frame_len(key_len: usize, value_len: usize) -> u64 {
+        (HEADER + 2 + key_len + value_len) as u64
+    }
+
+    /// Records sent to Kafka and not acknowledged yet.
+    pub fn unacknowledged(&self) -> u64 {
+        self.segments
+            .values()
+            .map(|s| s.sent.saturating_sub(s.acked))
+            .sum()
+    }
+
+    /// Whether an event of `len` bytes would fit.
+    pub fn has_room_for(&self, len: usize) -> bool {
+        self.total_bytes + (HEADER + 2 + len) as u64 <= self.max_bytes
+    }
+
+    /// Appends one event to the active segment (buffered until [`Spool::flush`]).
+    /// Returns the segment it went to.
+    pub fn append(&mut self, key: &[u8], value: &[u8]) -> Result<u64, SpoolError> {
+        let payload_len = 2 + key.len() + value.len();
+        if payload_len > MAX_PAYLOAD || key.len() > u16::MAX as usize {
+            return Err(SpoolError::TooLarge(payload_len));
+        }
+        let frame_len = (HEADER + payload_len) as u64;
+        if self.total_bytes + frame_len > self.max_bytes {
+            return Err(SpoolError::Full {
+                max_bytes: self.max_bytes,
+            });
+        }
+        let id = self.active_segment()?;
+        let mut crc = crc32c::crc32c(&(key.len() as u16).to_le_bytes());
+        crc = crc32c::crc32c_append(crc, key);
+        crc = crc32c::crc32c_append(crc, value);
+        let (_, writer) = self
+            .writer
+            .as_mut()
+            .expect("an active segment has a writer");
+        let written = (|| {
+            writer.write_all(&MAGIC)?;
+            writer.write_all(&(payload_len as u32).to_le_bytes())?;
+            writer.write_all(&crc.to_le_bytes())?;
+            writer.write_all(&(key.len() as u16).to_le_bytes())?;
+            writer.write_all(key)?;
+            writer.write_all(value)
+        })();
+        written.map_err(|source| self.io(source))?;
+        let segment = self
+            .segments
+            .get_mut(&id)
+            .expect("the active segment is listed");
+        segment.bytes += frame_len;
+        self.total_bytes += frame_len;
+        self.dirty = true;
+        Ok(id)
+    }
+
+    /// The id of the segment appends go to, rotating a full one.
+    fn active_segment(&mut self) -> Result<u64, SpoolError> {
+        if let Some((id, _)) = &self.writer {
+            let id = *id;
+            if self.segments[&id].bytes < self.segment_max_bytes {
+                return Ok(id);
+            }
+            self.seal_active()?;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let path = self.dir.join(format!("{id:020}{SEGMENT_SUFFIX}"));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| self.io(source))?;
+        self.writer = Some((id, BufWriter::with_capacity(256 * 1024, file)));
+        self.segments.insert(
+            id,
+            Segment {
+                id,
+                path,
+                bytes: 0,
+                sent_pos: 0,
+                sent: 0,
+                acked: 0,
+                sealed: false,
+                created: Instant::now(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// Hands buffered frames to the operating system (survives a process crash).
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        if let Some((_, writer)) = &mut self.writer {
+            writer.flush().map_err(|source| SpoolError::Io {
+                dir: self.dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, and has what was written since the last sync fsynced on the syncer
+    /// thread (survives a machine crash once done).
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        self.flush()?;
+        if self.dirty {
+            if let Some((_, writer)) = &self.writer {
+                let file = writer
+                    .get_ref()
+                    .try_clone()
+                    .map_err(|source| self.io(source))?;
+                self.to_syncer(file);
+            }
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    fn to_syncer(&self, file: File) {
+        match &self.syncer {
+            Some(syncer) => {
+                let _ = syncer.send(file);
+            }
+            None => {
+                let _ = file.sync_data();
+            }
+        }
+    }
+
+    /// Closes the active segment (its file goes to the syncer); the next append
+    /// starts a new one.
+    pub fn seal_active(&mut self) -> Result<(), SpoolError> {
+        self.flush()?;
+        if let Some((id, writer)) = self.writer.take() {
+            let file = writer.into_inner().map_err(|e| SpoolError::Io {
+                dir: self.dir.clone(),
+                source: e.into_error(),
+            })?;
+            self.to_syncer(file);
+            self.dirty = false;
+            if let Some(segment) = self.segments.get_mut(&id) {
+                segment.sealed = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment once it is older than `age`, so that acknowledged
+    /// events leave the disk soon even under light traffic.
+    pub fn seal_if_older(&mut self, age: std::time::Duration) -> Result<(), SpoolError> {
+        let old = self.writer.as_ref().is_some_and(|(id, _)| {
+            self.segments[id].created.elapsed() >= age && self.segments[id].bytes > 0
+        });
+        if old {
+            self.seal_active()?;
+        }
+        Ok(())
+    }
+
+    pub fn segment_mut(&mut self, id: u64) -> Option<&mut Segment> {
+        self.segments.get_mut(&id)
+    }
+
+    /// The oldest segment with unsent bytes.
+    pub fn first_unsent(&self) -> Option<u64> {
+        self.segments
+            .values()
+            .find(|s| s.unsent_bytes() > 0)
+            .map(|s| s.id)
+    }
+
+    /// Reads frames of segment `id` from its `sent_pos`, up to about `budget` bytes.
+    pub fn read_unsent(&mut self, id: u64, budget: u64) -> Result<Vec<Frame>, SpoolError> {
+        if self
+            .writer
+            .as_ref()
+            .is_some_and(|(active, _)| *active == id)
+        {
+            self.flush()?;
+        }
+        let segment = &self.segments[&id];
+        let (path, from, to) = (segment.path.clone(), segment.sent_pos, segment.bytes);
+        read_frames(&path, from, to, budget).map_err(|source| self.io(source))
+    }
+
+    /// Deletes every segment that is sealed, fully sent and fully acknowledged.
+    pub fn remove_done(&mut self) -> Result<usize, SpoolError> {
+        let done: Vec<u64> = self
+            .segments
+            .values()
+            .filter(|s| s.is_done())
+            .map(|s| s.id)
+            .collect();
+        for id in &done {
+            let segment = self.segments.remove(id).expect("listed");
+            self.total_bytes -= segment.bytes;
+            if let Err(source) = fs::remove_file(&segment.path) {
+                if source.kind() != io::ErrorKind::NotFound {
+                    return Err(self.io(source));
+                }
+            }
+        }
+        Ok(done.len())
+    }
+
+    fn io(&self, source: io::Error) -> SpoolError {
+        SpoolError::Io {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+}
+
+/// Reads the frames between byte offsets `from` and `to` of a segment file,
+/// stopping after about `budget` bytes. Corrupt stretches come back as
+/// [`Frame::Corrupt`], and reading resumes at the next magic.
+pub fn read_frames(path: &Path, from: u64, to: u64, budget: u64) -> io::Result<Vec<Frame>> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let want = (to - from).min(budget.max(HEADER as u64 + MAX_PAYLOAD as u64)) as usize;
+    let mut buf = Vec::with_capacity(want);
+    file.take(want as u64).read_to_end(&mut buf)?;
+    // Whether `buf` ends at the end of the data (so a short tail is torn, not cut).
+    let at_end = from + buf.len() as u64 >= to;
+
+    let mut frames = Vec::new();
+    let mut pos = 0usize;
+    let mut corrupt_from: Option<usize> = None;
+    while pos < buf.len() && (pos as u64) < budget {
+        match parse_frame(&buf[pos..]) {
+            Parsed::Frame { key, value, len } => {
+                if corrupt_from.take().is_some() {
+                    frames.push(Frame::Corrupt {
+                        end: from + pos as u64,
+                    });
+                }
+                pos += len;
+                frames.push(Frame::Record {
+                    key,
+                    value,
+                    end: from + pos as u64,
+                });
+            }
+            Parsed::NeedMore if !at_end => break,
+            Parsed::NeedMore | Parsed::Bad => {
+                corrupt_from.get_or_insert(pos);
+                // Resume at the next magic after this position.
+                match find_magic(&buf, pos + 1) {
+                    Some(next) => pos = next,
+                    None if at_end => pos = buf.len(),
+                    None => {
+                        // A magic may straddle the end of what was read: keep its
+                        // first bytes for the next read.
+                        pos = buf.len().saturating_sub(MAGIC.len() - 1).max(pos + 1);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if corrupt_from.is_some() {
+        frames.push(Frame::Corrupt {
+            end: from + pos as u64,
+        });
+    }
+    Ok(frames)
+}
+
+enum Parsed {
+    Frame {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        len: usize,
+    },
+    NeedMore,
+    Bad,
+}
+
+fn parse_frame(buf: &[u8]) -> Parsed {
+    if buf.len() < HEADER {
+        return if MAGIC.starts_with(&buf[..buf.len().min(4)]) {
+            Parsed::NeedMore
+        } else {
+            Parsed::Bad
+        };
+    }
+    if buf[..4] != MAGIC {
+        return Parsed::Bad;
+    }
+    let len = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
+    if !(2..=MAX_PAYLOAD).contains(&len) {
+        return Parsed::Bad;
+    }
+    if buf.len() < HEADER + len {
+        return Parsed::NeedMore;
+    }
+    let crc = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    let payload = &buf[HEADER..HEADER + len];
+    if crc32c::crc32c(payload) != crc {
+        return Parsed::Bad;
+    }
+    let key_len = u16::from_le_bytes([payload[0], payload[1]]) as usize;
+    if 2 + key_len > len {
+        return Parsed::Bad;
+    }
+    Parsed::Frame {
+        key: payload[2..2 + key_len].to_vec(),
+        value: payload[2 + key_len..].to_vec(),
+        len: HEADER + len,
+    }
+}
+
+fn find_magic(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(MAGIC.len())
+        .position(|w| w == MAGIC)
+        .map(|i| from + i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(frames: &[Frame]) -> Vec<(String, String)> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Record { key, value, .. } => Some((
+                    String::from_utf8(key.clone()).unwrap(),
+                    String::from_utf8(value.clone()).unwrap(),
+                )),
+                Frame::Corrupt { .. } => None,
+            })
+            .collect()
+    }
+
+    fn corrupt_count(frames: &[Frame]) -> usize {
+        frames
+            .iter()
+            .filter(|f| matches!(f, Frame::Corrupt { .. }))
+            .count()
+    }
+
+    fn spool_with(dir: &Path, n: usize) -> (Spool, u64) {
+        let mut spool = Spool::open(dir, 1 << 30, 1 << 20).unwrap();
+        let mut id = 0;
+        for i in 0..n {
+            id = spool
+                .append(format!("k{i}").as_bytes(), format!("value {i}").as_bytes())
+                .unwrap();
+        }
+        spool.sync().unwrap();
+        (spool, id)
+    }
+
+    #[test]
+    fn appended_records_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, id) = spool_with(dir.path(), 100);
+        let frames = spool.read_unsent(id, u64::MAX).unwrap();
+        let got = records(&frames);
+        assert_eq!(got.len(), 100);
+        assert_eq!(got[0], ("k0".into(), "value 0".into()));
+        assert_eq!(got[99], ("k99".into(), "value 99".into()));
+        assert_eq!(corrupt_count(&frames), 0);
+        let Frame::Record { end, .. } = frames.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(*end, spool.segments[&id].bytes);
+    }
+
+    #[test]
+    fn a_corrupt_record_is_skipped_and_the_rest_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, id) = spool_with(dir.path(), 10);
+        let path = spool.segments[&id].path.clone();
+        drop(spool);
+        let mut bytes = fs::read(&path).unwrap();
+        // Flip a byte inside the fourth record's value.
+        let fourth = (0..3).fold(0, |pos, _| {
+            pos + HEADER + u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize
+        });
+        bytes[fourth + HEADER + 5] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let frames = read_frames(&path, 0, bytes.len() as u64, u64::MAX).unwrap();
+        let got = records(&frames);
+        assert_eq!(got.len(), 9);
+        assert!(!got.iter().any(|(k, _)| k == "k3"));
+        assert_eq!(got[3].0, "k4");
+        assert_eq!(corrupt_count(&frames), 1);
+    }
+
+    #[test]
+    fn a_torn_tail_is_counted_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, id) = spool_with(dir.path(), 5);
+        let path = spool.segments[&id].path.clone();
+        drop(spool);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 7]).unwrap();
+        let frames = read_frames(&path, 0, bytes.len() as u64 - 7, u64::MAX).unwrap();
+        assert_eq!(records(&frames).len(), 4);
+        assert_eq!(corrupt_count(&frames), 1);
+        assert_eq!(
+            frames.last(),
+            Some(&Frame::Corrupt {
+                end: bytes.len() as u64 - 7
+            })
+        );
+    }
+
+    #[test]
+    fn leftover_segments_are_taken_over_sealed_and_unsent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = spool_with(dir.path(), 20);
+        let bytes = spool.total_bytes();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
+        assert_eq!(spool.total_bytes(), bytes);
+        assert_eq!(spool.backlog_bytes(), bytes);
+        assert!(spool.segments.values().all(|s| s.sealed));
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_a_locked_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
+        assert!(matches!(
+            Spool::open(dir.path(), 1 << 30, 1 << 20),
+            Err(SpoolError::Locked(_))
+        ));
+    }
+
+    #[test]
+    fn the_size_bound_refuses_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 200, 1 << 20).unwrap();
+        let mut stored = 0;
+        let result = loop {
+            match spool.append(b"key", &[b'x'; 40]) {
+                Ok(_) => stored += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(result, SpoolError::Full { max_bytes: 200 }));
+        assert_eq!(stored, 3);
+        assert!(spool.total_bytes() <= 200);
+    }
+
+    #[test]
+    fn segments_rotate_and_go_when_sent_and_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 30, 100).unwrap();
+        let first = spool.append(b"k", &[b'x'; 90]).unwrap();
+        let second = spool.append(b"k", &[b'y'; 90]).unwrap();
+        assert_ne!(first, second, "a full segment rotates");
+        assert_eq!(spool.segment_count(), 2);
+        let segment = spool.segment_mut(first).unwrap();
+        assert!(segment.sealed);
+        segment.sent_pos = segment.bytes;
+        segment.sent = 1;
+        assert_eq!(spool.remove_done().unwrap(), 0, "not acknowledged yet");
+        spool.segment_mut(first).unwrap().acked = 1;
+        assert_eq!(spool.remove_done().unwrap(), 1);
+        assert_eq!(spool.segment_count(), 1);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "one segment and the lock"
+        );
+    }
+}
