@@ -7,6 +7,8 @@
 #
 #   loadtest/run.sh                 # 15 s, 64 connections
 #   DURATION=30s CONNECTIONS=128 loadtest/run.sh
+#   OUTAGE=1 loadtest/run.sh        # the broker unreachable for the whole run:
+#                                   # every event goes to the disk spool
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +27,18 @@ admin=127.0.0.1:19090
 edge_cpu=0; wrk_cpu=1
 [ "$(nproc)" -ge 2 ] || wrk_cpu=0
 
+spool=/var/tmp/clickedge-loadtest/spool
+rm -rf "$spool"
+kafka=()
+if [ -n "${OUTAGE:-}" ]; then
+  # Nothing listens on port 9 (discard): the broker is down from the start.
+  kafka=(--kafka-brokers 127.0.0.1:9)
+  out="$out-outage"
+fi
+
 RUST_LOG=warn taskset -c "$edge_cpu" "$bin" --http "$http" --admin "$admin" \
-  --links examples/links.ndjson 2>"$out.edge.log" &
+  --links examples/links.ndjson --spool-dir "$spool" --spool-max-bytes 4GiB \
+  "${kafka[@]}" 2>"$out.edge.log" &
 edge=$!
 trap 'kill -TERM $edge 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -45,7 +57,8 @@ sleep 3
 curl -fsS "http://$admin/metrics" >"$out.metrics.txt"
 echo
 echo "click events (edge counters):"
-grep '^clickedge_click_events_total' "$out.metrics.txt"
+grep -E '^clickedge_(click_events_total|spool_size_bytes|spool_backlog_bytes)' "$out.metrics.txt"
 kill -TERM "$edge"; wait "$edge" || true
 trap - EXIT
+rm -rf "$spool"
 echo "results in $out.*"

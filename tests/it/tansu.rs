@@ -14,8 +14,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 
-use crate::cli::binary;
-use crate::support::{consume_blocking, free_port, request, BROWSER_UA};
+use crate::cli::{binary, Running};
+use crate::support::{
+    click_steadily, consume_blocking, free_port, missing_and_duplicates, request, BROWSER_UA,
+};
 
 fn tansu_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("TANSU_BIN") {
@@ -95,14 +97,22 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn clicks_reach_a_real_broker_and_read_back_in_full() {
-    let Some(tansu) = tansu_binary() else {
+/// The tansu binary, or `None` (with a message) where a local run may skip.
+fn require_tansu() -> Option<PathBuf> {
+    let found = tansu_binary();
+    if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must provide tansu (see .ci/run)"
         );
         eprintln!("SKIPPED: tansu not installed (cargo install tansu --locked --no-default-features --features dynostore)");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clicks_reach_a_real_broker_and_read_back_in_full() {
+    let Some(tansu) = require_tansu() else {
         return;
     };
     let broker = start_broker(&tansu);
@@ -227,4 +237,72 @@ async fn clicks_reach_a_real_broker_and_read_back_in_full() {
     let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
     assert_eq!(first["headers"]["schema"], "click.v1");
     assert!(first["value"]["click_id"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_broker_under_traffic_loses_no_click() {
+    let Some(tansu) = require_tansu() else {
+        return;
+    };
+    let broker = start_broker(&tansu);
+    create_topic(&broker.address, "clicks", 3).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let edge = Running::start(&[
+        "--http",
+        &http,
+        "--admin",
+        &admin,
+        "--kafka-brokers",
+        &broker.address,
+        "--shutdown-timeout",
+        "20s",
+    ]);
+    edge.wait_for("Kafka topic reachable");
+
+    // About seven seconds of clicks; the broker hangs (SIGSTOP) for three of them.
+    let traffic = tokio::spawn(click_steadily(
+        http.parse().unwrap(),
+        2,
+        2500,
+        Duration::from_millis(2),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = broker.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (served, failed) = traffic.await.unwrap();
+    assert!(!failed, "redirects kept answering while the broker hung");
+
+    let bootstrap = broker.address.clone();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (missing, duplicates, read) = loop {
+        let (bootstrap, count) = (bootstrap.clone(), served.len());
+        let events = tokio::task::spawn_blocking(move || {
+            consume_blocking(&bootstrap, "clicks", count, Duration::from_secs(10))
+        })
+        .await
+        .unwrap();
+        let (missing, duplicates) = missing_and_duplicates(&served, &events);
+        if missing.is_empty() || Instant::now() > deadline {
+            break (missing, duplicates, events.len());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    eprintln!(
+        "tansu hung-broker test: {} clicks served (3 s SIGSTOP), {read} events read, {} lost, {duplicates} duplicates",
+        served.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "lost {} clicks", missing.len());
+    assert_eq!(edge.terminate(), 0);
 }
