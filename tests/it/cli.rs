@@ -187,9 +187,23 @@ fn every_edge_flag_names_its_environment_variable() {
 pub struct Running {
     pub child: Child,
     lines: mpsc::Receiver<String>,
+    /// Every line read so far, so a wait finds lines that came before it.
+    seen: std::cell::RefCell<Vec<String>>,
 }
 
 impl Running {
+    /// Starts the edge on free ports with `args` added, and waits until it serves.
+    /// Returns it with its HTTP address.
+    pub fn serve(args: &[&str]) -> (Running, std::net::SocketAddr) {
+        let http = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut argv = vec!["--http", &http, "--admin", &admin];
+        argv.extend_from_slice(args);
+        let running = Running::start(&argv);
+        running.wait_for("Serving.");
+        (running, http.parse().unwrap())
+    }
+
     pub fn start(args: &[&str]) -> Running {
         let mut child = binary()
             .args(args)
@@ -205,16 +219,24 @@ impl Running {
                 let _ = tx.send(line);
             }
         });
-        Running { child, lines }
+        Running {
+            child,
+            lines,
+            seen: Default::default(),
+        }
     }
 
-    /// Waits for a log line containing `needle`.
+    /// Waits for a log line containing `needle` (or finds one already logged).
     pub fn wait_for(&self, needle: &str) -> String {
+        if let Some(line) = self.seen.borrow().iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
         loop {
             let line = self
                 .lines
                 .recv_timeout(Duration::from_secs(30))
                 .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+            self.seen.borrow_mut().push(line.clone());
             if line.contains(needle) {
                 return line;
             }

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 
 use crate::cli::Running;
-use crate::support::{
-    click_steadily, consume, free_port, missing_and_duplicates, sample, TestEdge, LINKS,
-};
+use crate::support::{click_steadily, consume, missing_and_duplicates, sample, TestEdge, LINKS};
 
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut found: Vec<_> = fs::read_dir(dir)
@@ -92,27 +90,16 @@ async fn sigterm_with_the_broker_down_keeps_the_clicks_for_the_next_start() {
     let bootstrap = cluster.bootstrap_servers();
     let spool = tempfile::tempdir().unwrap();
     let spool_dir = spool.path().to_str().unwrap();
-    let args = |http: &str, admin: &str| {
-        vec![
-            "--http".to_owned(),
-            http.to_owned(),
-            "--admin".to_owned(),
-            admin.to_owned(),
-            "--kafka-brokers".to_owned(),
-            bootstrap.clone(),
-            "--spool-dir".to_owned(),
-            spool_dir.to_owned(),
-            "--shutdown-timeout".to_owned(),
-            "1s".to_owned(),
-        ]
-    };
-
-    let http = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let argv = args(&http, &admin);
-    let edge = Running::start(&argv.iter().map(String::as_str).collect::<Vec<_>>());
-    edge.wait_for("Serving.");
-    let (served, failed) = click_steadily(http.parse().unwrap(), 2, 250, Duration::ZERO).await;
+    let args = [
+        "--kafka-brokers",
+        &bootstrap,
+        "--spool-dir",
+        spool_dir,
+        "--shutdown-timeout",
+        "1s",
+    ];
+    let (edge, http) = Running::serve(&args);
+    let (served, failed) = click_steadily(http, 2, 250, Duration::ZERO).await;
     assert!(!failed);
     assert_eq!(edge.terminate(), 0, "SIGTERM exits 0 with the broker down");
     let left = segments(spool.path());
@@ -122,10 +109,7 @@ async fn sigterm_with_the_broker_down_keeps_the_clicks_for_the_next_start() {
 
     // The broker is back; the next start replays the spool.
     cluster.broker_up(1).unwrap();
-    let http = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let argv = args(&http, &admin);
-    let edge = Running::start(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let (edge, _) = Running::serve(&args);
     edge.wait_for("will be replayed");
     let (missing, duplicates, read) = read_back(&bootstrap, &served).await;
     eprintln!(
@@ -149,29 +133,13 @@ async fn kill_9_under_traffic_loses_at_most_what_was_not_yet_written() {
     let spool = tempfile::tempdir().unwrap();
     let spool_dir = spool.path().to_str().unwrap().to_owned();
 
-    let http = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let edge = Running::start(&[
-        "--http",
-        &http,
-        "--admin",
-        &admin,
-        "--kafka-brokers",
-        &bootstrap,
-        "--spool-dir",
-        &spool_dir,
-    ]);
-    edge.wait_for("Serving.");
+    let args = ["--kafka-brokers", &bootstrap, "--spool-dir", &spool_dir];
+    let (edge, http) = Running::serve(&args);
     // Slow acks, so many clicks are unacknowledged at the moment of the kill.
     cluster
         .broker_round_trip_time(1, Duration::from_millis(200))
         .unwrap();
-    let traffic = tokio::spawn(click_steadily(
-        http.parse().unwrap(),
-        4,
-        100_000,
-        Duration::from_micros(200),
-    ));
+    let traffic = tokio::spawn(click_steadily(http, 4, 100_000, Duration::from_micros(200)));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(edge.signal("-KILL"), -1, "killed by a signal");
     let (served, failed) = traffic.await.unwrap();
@@ -179,19 +147,7 @@ async fn kill_9_under_traffic_loses_at_most_what_was_not_yet_written() {
     assert!(served.len() > 500, "traffic was flowing: {}", served.len());
     cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
 
-    let http = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let edge = Running::start(&[
-        "--http",
-        &http,
-        "--admin",
-        &admin,
-        "--kafka-brokers",
-        &bootstrap,
-        "--spool-dir",
-        &spool_dir,
-    ]);
-    edge.wait_for("Serving.");
+    let (edge, _) = Running::serve(&args);
     let (missing, duplicates, read) =
         read_back_within(&bootstrap, &served, Duration::from_secs(15)).await;
     eprintln!(

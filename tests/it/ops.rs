@@ -121,20 +121,11 @@ async fn probes_health_and_readiness() {
     assert_eq!(edge.admin_get("/nope").await.status, 404);
 }
 
-/// Clicks until the spool refuses one (broker down, small spool).
-async fn fill_the_spool(edge: &TestEdge) -> usize {
-    for sent in 1..=2000 {
-        assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
-        let m = edge.metrics().await;
-        if sample(&m, r#"clickedge_click_events_total{result="dropped"}"#) > Some(0.0) {
-            return sent;
-        }
-    }
-    panic!("the spool never filled");
-}
-
-#[tokio::test]
-async fn readiness_needs_the_spool_or_the_broker() {
+/// An edge on a 64 KiB spool whose broker is down from the start.
+async fn broker_down_small_spool() -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    TestEdge,
+) {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("clicks", 1, 1).unwrap();
     cluster.broker_down(1).unwrap();
@@ -151,6 +142,24 @@ async fn readiness_needs_the_spool_or_the_broker() {
         ],
     )
     .await;
+    (cluster, edge)
+}
+
+/// Clicks until the spool refuses one (broker down, small spool).
+async fn fill_the_spool(edge: &TestEdge) -> usize {
+    for sent in 1..=2000 {
+        assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
+        let m = edge.metrics().await;
+        if sample(&m, r#"clickedge_click_events_total{result="dropped"}"#) > Some(0.0) {
+            return sent;
+        }
+    }
+    panic!("the spool never filled");
+}
+
+#[tokio::test]
+async fn readiness_needs_the_spool_or_the_broker() {
+    let (cluster, edge) = broker_down_small_spool().await;
     // Broker down, spool empty: events are safe on disk, so the node is ready.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
@@ -247,22 +256,7 @@ async fn draining_answers_503_on_readyz_and_refuses_new_clicks() {
 
 #[tokio::test]
 async fn a_full_spool_drops_and_counts_while_redirects_go_on() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 1, 1).unwrap();
-    cluster.broker_down(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
-    let edge = TestEdge::start(
-        LINKS,
-        &[
-            "--kafka-brokers",
-            &bootstrap,
-            "--spool-max-bytes",
-            "64KiB",
-            "--shutdown-timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let (_cluster, edge) = broker_down_small_spool().await;
     for _ in 0..300 {
         assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
     }

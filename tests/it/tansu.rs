@@ -246,13 +246,7 @@ async fn a_hung_broker_under_traffic_loses_no_click() {
     };
     let broker = start_broker(&tansu);
     create_topic(&broker.address, "clicks", 3).await;
-    let http = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let edge = Running::start(&[
-        "--http",
-        &http,
-        "--admin",
-        &admin,
+    let (edge, http) = Running::serve(&[
         "--kafka-brokers",
         &broker.address,
         "--shutdown-timeout",
@@ -261,12 +255,7 @@ async fn a_hung_broker_under_traffic_loses_no_click() {
     edge.wait_for("Kafka topic reachable");
 
     // About seven seconds of clicks; the broker hangs (SIGSTOP) for three of them.
-    let traffic = tokio::spawn(click_steadily(
-        http.parse().unwrap(),
-        2,
-        2500,
-        Duration::from_millis(2),
-    ));
+    let traffic = tokio::spawn(click_steadily(http, 2, 2500, Duration::from_millis(2)));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let pid = broker.child.id().to_string();
     assert!(Command::new("kill")
