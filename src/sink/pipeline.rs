@@ -228,6 +228,9 @@ struct Pump {
     drops: LogEverySecond,
 }
 
+/// The opaque of an event sent while the spool could not be written.
+const UNSPOOLED: usize = usize::MAX;
+
 /// A message's opaque: its segment, and whether it was sent from the backlog.
 fn opaque(segment: u64, replayed: bool) -> usize {
     ((segment as usize) << 1) | usize::from(replayed)
@@ -274,7 +277,9 @@ impl Pump {
             && self.resend.is_empty()
             && self.kafka.health() != BrokerHealth::Down;
         let mut appended = Vec::with_capacity(batch.len());
-        for event in batch.drain(..) {
+        let mut failure = None;
+        let mut events = batch.drain(..);
+        for event in events.by_ref() {
             match self.spool.append(&event.key, &event.value) {
                 Ok(segment) => appended.push((segment, event)),
                 Err(SpoolError::Full { .. }) => {
@@ -289,30 +294,32 @@ impl Pump {
                     }
                 }
                 Err(error) => {
-                    // The disk failed: still try Kafka directly rather than lose it.
-                    if let Some(errors) = self.spool_errors.tick() {
-                        error!(message = "Cannot write the spool.", %error, errors);
-                    }
-                    let sent = live
-                        && self
-                            .kafka
-                            .try_send(&event.key, &event.value, usize::MAX)
-                            .is_ok();
-                    self.metrics.event(
-                        if sent {
-                            EventResult::Queued
-                        } else {
-                            EventResult::Dropped
-                        },
-                        1,
-                    );
+                    failure = Some((error, event));
+                    break;
                 }
             }
         }
-        if let Err(error) = self.spool.flush() {
+        let failure = match (failure, self.spool.flush()) {
+            (Some((error, event)), _) => Some((error, Some(event))),
+            (None, Err(error)) => Some((error, None)),
+            (None, Ok(())) => None,
+        };
+        if let Some((error, failed_event)) = failure {
+            // A failed write abandons the segment with whatever it had buffered, so
+            // none of this batch is known to be on disk: send it all directly.
             if let Some(errors) = self.spool_errors.tick() {
                 error!(message = "Cannot write the spool.", %error, errors);
             }
+            let rest: Vec<Event> = appended
+                .into_iter()
+                .map(|(_, event)| event)
+                .chain(failed_event)
+                .chain(events)
+                .collect();
+            for event in &rest {
+                self.send_unspooled(live, event);
+            }
+            return;
         }
         let mut spooled = 0;
         for (segment, event) in appended {
@@ -340,12 +347,31 @@ impl Pump {
         }
     }
 
+    /// The disk failed for this event: still try Kafka directly rather than lose
+    /// it. It is tracked in memory only (re-sent on failure while the process runs).
+    fn send_unspooled(&mut self, live: bool, event: &Event) {
+        let sent = live
+            && self
+                .kafka
+                .try_send(&event.key, &event.value, UNSPOOLED)
+                .is_ok();
+        let result = if sent {
+            EventResult::Queued
+        } else {
+            EventResult::Dropped
+        };
+        self.metrics.event(result, 1);
+    }
+
     fn take_acks(&mut self) {
         for ack in self.acks.try_iter() {
-            if ack.opaque == usize::MAX {
-                // Sent around a failed spool: nothing to account for on disk.
-                if ack.failed.is_none() {
-                    self.metrics.event(EventResult::Delivered, 1);
+            if ack.opaque == UNSPOOLED {
+                match ack.failed {
+                    None => self.metrics.event(EventResult::Delivered, 1),
+                    Some((key, value)) => {
+                        self.metrics.event(EventResult::Failed, 1);
+                        self.resend.push_back((UNSPOOLED, key, value));
+                    }
                 }
                 continue;
             }

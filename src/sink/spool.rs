@@ -68,7 +68,7 @@ pub struct Segment {
 
 impl Segment {
     pub fn unsent_bytes(&self) -> u64 {
-        self.bytes - self.sent_pos
+        self.bytes.saturating_sub(self.sent_pos)
     }
 
     fn is_done(&self) -> bool {
@@ -269,7 +269,10 @@ impl Spool {
             writer.write_all(key)?;
             writer.write_all(value)
         })();
-        written.map_err(|source| self.io(source))?;
+        if let Err(source) = written {
+            self.abandon_active();
+            return Err(self.io(source));
+        }
         let segment = self
             .segments
             .get_mut(&id)
@@ -315,14 +318,35 @@ impl Spool {
     }
 
     /// Hands buffered frames to the operating system (survives a process crash).
+    /// On failure the active segment is abandoned: what this flush carried may or
+    /// may not be on disk.
     pub fn flush(&mut self) -> Result<(), SpoolError> {
         if let Some((_, writer)) = &mut self.writer {
-            writer.flush().map_err(|source| SpoolError::Io {
-                dir: self.dir.clone(),
-                source,
-            })?;
+            if let Err(source) = writer.flush() {
+                self.abandon_active();
+                return Err(self.io(source));
+            }
         }
         Ok(())
+    }
+
+    /// After a write error (a full disk): stop appending to the active segment and
+    /// trust the file's real length from now on, so offsets stay true; a partial
+    /// frame at its end is skipped as torn when replayed. The next append starts a
+    /// new segment.
+    fn abandon_active(&mut self) {
+        let Some((id, writer)) = self.writer.take() else {
+            return;
+        };
+        let (file, _unwritten) = writer.into_parts();
+        let on_disk = file.metadata().map_or(0, |m| m.len());
+        if let Some(segment) = self.segments.get_mut(&id) {
+            self.total_bytes = self.total_bytes - segment.bytes + on_disk;
+            segment.bytes = on_disk;
+            segment.sent_pos = segment.sent_pos.min(on_disk);
+            segment.sealed = true;
+        }
+        self.to_syncer(file);
     }
 
     /// Flushes, and has what was written since the last sync fsynced on the syncer
@@ -671,6 +695,31 @@ mod tests {
         assert!(matches!(result, SpoolError::Full { max_bytes: 200 }));
         assert_eq!(stored, 3);
         assert!(spool.total_bytes() <= 200);
+    }
+
+    #[test]
+    fn an_abandoned_segment_trusts_the_file_and_the_next_append_starts_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
+        let first = spool.append(b"k", b"one").unwrap();
+        spool.flush().unwrap();
+        // As after a failed write: buffered frames that never reached the file.
+        spool.append(b"k", b"two").unwrap();
+        let (_, writer) = spool.writer.as_mut().unwrap();
+        assert!(!writer.buffer().is_empty());
+        spool.abandon_active();
+        let segment = &spool.segments[&first];
+        assert!(segment.sealed);
+        assert_eq!(
+            segment.bytes,
+            Spool::frame_len(1, 3),
+            "only what reached the file"
+        );
+        assert_eq!(spool.total_bytes(), segment.bytes);
+        let next = spool.append(b"k", b"three").unwrap();
+        assert_ne!(next, first);
+        let frames = spool.read_unsent(first, u64::MAX).unwrap();
+        assert_eq!(records(&frames), vec![("k".into(), "one".into())]);
     }
 
     #[test]
