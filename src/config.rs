@@ -68,6 +68,21 @@ pub struct RunArgs {
     #[arg(long, env = "CLICKEDGE_CHECK", value_parser = BoolishValueParser::new())]
     pub check: bool,
 
+    /// A compacted Kafka topic of link records applied live on top of the file
+    /// (key: the record key as text; value: the NDJSON record; empty: delete).
+    #[arg(long, env = "CLICKEDGE_LINKS_TOPIC", value_name = "TOPIC")]
+    pub links_topic: Option<String>,
+
+    /// Bearer token of the admin API's endpoints; without it, the write endpoints
+    /// answer 403. Prefer the environment variable over the command line.
+    #[arg(
+        long,
+        env = "CLICKEDGE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
     /// Kafka bootstrap servers. Without it, an embedded development Kafka is started.
     #[arg(long, env = "CLICKEDGE_KAFKA_BROKERS", value_name = "HOST:PORT,...")]
     pub kafka_brokers: Option<String>,
@@ -168,6 +183,8 @@ pub struct Config {
     pub check: bool,
     pub kafka: KafkaSettings,
     pub spool: SpoolSettings,
+    /// Empty tokens are refused: a token nobody can guess must be chosen.
+    pub admin_token: Option<String>,
     pub node_id: String,
     pub click_id_param: String,
     pub visitor_cookie: bool,
@@ -180,8 +197,10 @@ pub enum ConfigError {
     Address { flag: &'static str, value: String },
     #[error("--kafka-option {0:?} must be key=value")]
     KafkaOption(String),
-    #[error("--kafka-topic {0:?} is not a Kafka topic name (1-249 characters of [A-Za-z0-9._-])")]
+    #[error("{0:?} is not a Kafka topic name (1-249 characters of [A-Za-z0-9._-])")]
     Topic(String),
+    #[error("--admin-token must be at least 16 characters")]
+    AdminToken,
     #[error("--kafka-brokers is empty")]
     Brokers,
     #[error("--click-id-param {0:?} must be 1-64 characters of [A-Za-z0-9_.-]")]
@@ -215,14 +234,16 @@ impl Config {
             other => other,
         };
         let topic = args.kafka_topic;
-        let topic_ok = (1..=249).contains(&topic.len())
-            && topic
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            && topic != "."
-            && topic != "..";
-        if !topic_ok {
+        if !is_topic_name(&topic) {
             return Err(ConfigError::Topic(topic));
+        }
+        if let Some(links_topic) = &args.links_topic {
+            if !is_topic_name(links_topic) {
+                return Err(ConfigError::Topic(links_topic.clone()));
+            }
+        }
+        if args.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::AdminToken);
         }
         let options = args
             .kafka_options
@@ -264,6 +285,7 @@ impl Config {
                 topic,
                 options,
                 client_id: format!("clickedge-{node_id}"),
+                links_topic: args.links_topic,
             },
             spool: SpoolSettings {
                 dir: args.spool_dir,
@@ -271,6 +293,7 @@ impl Config {
                 fsync_interval,
                 replay_rate: args.spool_replay_rate,
             },
+            admin_token: args.admin_token,
             node_id,
             click_id_param: args.click_id_param,
             visitor_cookie: !args.no_visitor_cookie,
@@ -292,6 +315,15 @@ impl Config {
         );
         Ok(Config::from_args(cli.run)?)
     }
+}
+
+fn is_topic_name(topic: &str) -> bool {
+    (1..=249).contains(&topic.len())
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && topic != "."
+        && topic != ".."
 }
 
 pub(crate) fn parse_kafka_option(option: &str) -> Result<(String, String), ConfigError> {
@@ -371,7 +403,15 @@ mod tests {
                 vec!["clickedge", "--kafka-option", "novalue"],
                 "--kafka-option",
             ),
-            (vec!["clickedge", "--kafka-topic", "a b"], "--kafka-topic"),
+            (
+                vec!["clickedge", "--kafka-topic", "a b"],
+                "not a Kafka topic name",
+            ),
+            (
+                vec!["clickedge", "--links-topic", "a/b"],
+                "not a Kafka topic name",
+            ),
+            (vec!["clickedge", "--admin-token", "short"], "--admin-token"),
             (
                 vec!["clickedge", "--click-id-param", "a&b"],
                 "--click-id-param",

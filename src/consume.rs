@@ -64,7 +64,7 @@ pub struct ConsumeArgs {
 
 /// Reaching the end of a partition is how this command knows it is done, not an
 /// error worth a log line; everything else librdkafka reports is logged.
-struct EndIsNotAnError;
+pub(crate) struct EndIsNotAnError;
 
 impl ClientContext for EndIsNotAnError {
     fn error(&self, error: KafkaError, reason: &str) {

@@ -258,6 +258,14 @@ impl Metrics {
 
     /// Records a (re)load of the link map.
     pub fn links_loaded(&self, counts: LinkCounts, unix_seconds: f64) {
+        self.links_changed(counts);
+        self.reloads_success.increment(1);
+        self.last_reload.set(unix_seconds);
+    }
+
+    /// Updates the record counts after a change from the API or the links topic
+    /// (not a reload: the reload counters stay as they are).
+    pub fn links_changed(&self, counts: LinkCounts) {
         let values = [
             counts.tracking,
             counts.vanity,
@@ -268,8 +276,6 @@ impl Metrics {
         for (gauge, value) in self.links.iter().zip(values) {
             gauge.set(value as f64);
         }
-        self.reloads_success.increment(1);
-        self.last_reload.set(unix_seconds);
     }
 
     pub fn links_load_failed(&self) {

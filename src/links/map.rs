@@ -63,11 +63,11 @@ impl HostLinks {
     }
 }
 
-/// All records by host. Cloning is cheap per record (they are `Arc`s), which later
-/// lets an update build the next map from the current one.
+/// All records by host. A host's links sit behind an `Arc`, so the next map after a
+/// single-key change shares every host but the one that changed.
 #[derive(Debug, Default, Clone)]
 pub struct LinkMap {
-    hosts: HashMap<Box<str>, HostLinks>,
+    hosts: HashMap<Box<str>, Arc<HostLinks>>,
     len: usize,
 }
 
@@ -84,7 +84,7 @@ pub struct LinkCounts {
 impl LinkMap {
     /// `host` must already be normalized (see `server::request::normalize_host`).
     pub fn host(&self, host: &str) -> Option<&HostLinks> {
-        self.hosts.get(host)
+        self.hosts.get(host).map(|links| &**links)
     }
 
     /// The number of records in the map.
@@ -102,7 +102,7 @@ impl LinkMap {
             Record::Link(link) => link.host.clone(),
             Record::AppSite(site) => site.host.clone(),
         };
-        let host = self.hosts.entry(host_name).or_default();
+        let host = Arc::make_mut(self.hosts.entry(host_name).or_default());
         let replaced = match record {
             Record::AppSite(site) => host.app_site.replace(site).is_some(),
             Record::Link(link) => match link.kind {
@@ -139,6 +139,7 @@ impl LinkMap {
         let Some(host) = self.hosts.get_mut(&**host_name) else {
             return false;
         };
+        let host = Arc::make_mut(host);
         let removed = match key {
             RecordKey::Tracking {
                 campaign_id, ad_id, ..

@@ -3,6 +3,7 @@
 mod map;
 mod record;
 mod resolve;
+mod store;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ pub use record::{
     RecordError, RecordKey, RedirectStatus,
 };
 pub use resolve::{resolve, AppSiteFile, Route};
+pub use store::{Change, LinkStore};
 
 /// The sample links served when no `--links` file is given, so that a first
 /// `cargo run` redirects something real.

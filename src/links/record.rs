@@ -142,6 +142,78 @@ impl fmt::Display for RecordKey {
     }
 }
 
+impl RecordKey {
+    /// A key object as `DELETE /admin/links` takes it: the record's `type` and its
+    /// key fields, e.g. `{"type":"vanity","host":"acme.pxf.io","slug":"janes-picks"}`.
+    pub fn from_object(obj: &Map<String, Value>) -> Result<RecordKey, RecordError> {
+        let kind = match obj.get("type") {
+            Some(Value::String(s)) => s.as_str(),
+            None => return Err(invalid("missing field `type`")),
+            Some(_) => return Err(invalid("field `type` must be a string")),
+        };
+        let host = normalize_record_host(required_str(obj, "host")?)?;
+        RecordKey::build(kind, host, |field| match field {
+            "slug" => parse_slug(required_str(obj, "slug")?),
+            id => required_id(obj, id),
+        })
+    }
+
+    /// The text form, as the links topic keys its messages:
+    /// `tracking|acme.sjv.io|9012|5678`, `vanity|acme.pxf.io|janes-picks`.
+    pub fn parse_text(text: &str) -> Result<RecordKey, RecordError> {
+        let mut parts = text.split('|');
+        let kind = parts.next().unwrap_or_default();
+        let host =
+            normalize_record_host(parts.next().ok_or_else(|| invalid("the key has no host"))?)?;
+        let fields: Vec<&str> = parts.collect();
+        let expected = match kind {
+            "tracking" => 2,
+            "vanity" => 1,
+            _ => 0,
+        };
+        if fields.len() != expected {
+            return Err(invalid(format!(
+                "key {text:?} is not `type|host[|…]` as the record type `{kind}` needs"
+            )));
+        }
+        RecordKey::build(kind, host, |field| {
+            let value = match field {
+                "campaign_id" | "slug" => fields[0],
+                _ => fields[1],
+            };
+            if field == "slug" {
+                parse_slug(value)
+            } else if is_valid_id(value) {
+                Ok(value.into())
+            } else {
+                Err(invalid(format!("`{field}` {value:?} is not an id")))
+            }
+        })
+    }
+
+    fn build(
+        kind: &str,
+        host: Box<str>,
+        mut field: impl FnMut(&str) -> Result<Box<str>, RecordError>,
+    ) -> Result<RecordKey, RecordError> {
+        Ok(match kind {
+            "tracking" => RecordKey::Tracking {
+                host,
+                campaign_id: field("campaign_id")?,
+                ad_id: field("ad_id")?,
+            },
+            "vanity" => RecordKey::Vanity {
+                host,
+                slug: field("slug")?,
+            },
+            "domain" => RecordKey::Domain { host },
+            "fallback" => RecordKey::Fallback { host },
+            "app_site" => RecordKey::AppSite { host },
+            other => return Err(invalid(format!("unknown type `{other}`"))),
+        })
+    }
+}
+
 impl Record {
     pub fn key(&self) -> RecordKey {
         match self {
@@ -461,6 +533,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rec.key().to_string(), "vanity|acme.pxf.io|janes-picks");
+    }
+
+    #[test]
+    fn keys_parse_from_objects_and_text_normalized() {
+        let obj = serde_json::json!({"type":"vanity","host":"ACME.pxf.io","slug":"Janes-Picks"});
+        let key = RecordKey::from_object(obj.as_object().unwrap()).unwrap();
+        assert_eq!(key.to_string(), "vanity|acme.pxf.io|janes-picks");
+        for text in [
+            "tracking|acme.sjv.io|9012|5678",
+            "vanity|acme.pxf.io|janes-picks",
+            "domain|acmeradio.example",
+            "fallback|acme.sjv.io",
+            "app_site|acme.sjv.io",
+        ] {
+            assert_eq!(RecordKey::parse_text(text).unwrap().to_string(), text);
+        }
+        for bad in [
+            "tracking|a.io|1",
+            "vanity|a.io",
+            "teleport|a.io",
+            "",
+            "domain|a.io|x",
+            "tracking|a.io|1|a b",
+        ] {
+            assert!(RecordKey::parse_text(bad).is_err(), "{bad}");
+        }
+        let obj = serde_json::json!({"type":"tracking","host":"a.io","campaign_id":"1"});
+        assert!(RecordKey::from_object(obj.as_object().unwrap())
+            .unwrap_err()
+            .0
+            .contains("ad_id"));
     }
 
     #[test]

@@ -1,25 +1,46 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the admin API
+//! (SPEC §5): `PUT` and `DELETE /admin/links`, `POST /admin/reload`,
+//! `GET /admin/resolve?url=`.
+//!
+//! With `--admin-token`, every `/admin/*` call needs `Authorization: Bearer
+//! <token>` (compared in constant time; 401 otherwise). Without it, the write
+//! endpoints answer 403 and only `/admin/resolve` answers.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 
 use super::edge::text;
+use super::reload::{reload_links, ReloadError};
 use super::AppState;
+use crate::destination::IncomingQuery;
+use crate::links::{parse_record, resolve, LineError, RecordError, RecordKey, Route};
+use crate::server::request::normalize_host;
 
-pub fn handle<B>(state: &AppState, request: &Request<B>) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        response
-            .headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
-    }
-    match request.uri().path() {
-        "/metrics" => {
+/// The largest NDJSON body `PUT`/`DELETE /admin/links` take.
+const MAX_BODY: usize = 64 << 20;
+
+type Body = Full<Bytes>;
+/// A refusal answered instead of going on (boxed: a response is large).
+type Refused = Box<Response<Body>>;
+
+pub async fn handle<B>(state: &Arc<AppState>, request: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    match (path.as_str(), &method) {
+        ("/metrics", &Method::GET) => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -28,20 +49,57 @@ pub fn handle<B>(state: &AppState, request: &Request<B>) -> Response<Full<Bytes>
             response
         }
         // Alive: the process answers. Says nothing about Kafka or links.
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => readiness(state),
+        ("/healthz", &Method::GET) => text(StatusCode::OK, "ok\n"),
+        ("/readyz", &Method::GET) => readiness(state),
+        ("/metrics" | "/healthz" | "/readyz", _) => not_allowed("GET"),
+
+        ("/admin/links", &Method::PUT | &Method::DELETE) => {
+            if let Err(refused) = authorize(state, &request, true) {
+                return *refused;
+            }
+            let body = match read_body(request).await {
+                Ok(body) => body,
+                Err(response) => return *response,
+            };
+            if method == Method::PUT {
+                upsert_links(state, &body)
+            } else {
+                delete_links(state, &body)
+            }
+        }
+        ("/admin/links", _) => not_allowed("PUT, DELETE"),
+        ("/admin/reload", &Method::POST) => {
+            if let Err(refused) = authorize(state, &request, true) {
+                return *refused;
+            }
+            reload(state).await
+        }
+        ("/admin/reload", _) => not_allowed("POST"),
+        ("/admin/resolve", &Method::GET) => {
+            if let Err(refused) = authorize(state, &request, false) {
+                return *refused;
+            }
+            resolve_url(state, request.uri().query())
+        }
+        ("/admin/resolve", _) => not_allowed("GET"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-/// Ready once the link map is loaded (it is, before the listener exists) and the
-/// event path is writable (the spool has room, or the broker is up); not ready while
-/// draining.
-fn readiness(state: &AppState) -> Response<Full<Bytes>> {
+/// Ready once the link map is loaded (it is, before the listener exists), the links
+/// topic (if any) has been read to its end once, and the event path is writable
+/// (the spool has room, or the broker is up); not ready while draining.
+fn readiness(state: &AppState) -> Response<Body> {
     if state.draining.load(Ordering::SeqCst) {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: shutting down\n",
+        );
+    }
+    if !state.links_ready.load(Ordering::SeqCst) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: links topic not read to its end yet\n",
         );
     }
     if !state.sink.is_writable() {
@@ -51,4 +109,285 @@ fn readiness(state: &AppState) -> Response<Full<Bytes>> {
         );
     }
     text(StatusCode::OK, "ready\n")
+}
+
+fn authorize<B>(state: &AppState, request: &Request<B>, write: bool) -> Result<(), Refused> {
+    let Some(token) = &state.admin_token else {
+        if write {
+            return Err(Box::new(json_response(
+                StatusCode::FORBIDDEN,
+                &json!({"error": "admin writes are disabled: start the edge with --admin-token"}),
+            )));
+        }
+        return Ok(());
+    };
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Constant time over the token's bytes: the comparison leaks no prefix.
+    let valid = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes())));
+    if valid {
+        return Ok(());
+    }
+    let mut response = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": "missing or wrong bearer token"}),
+    );
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Err(Box::new(response))
+}
+
+async fn read_body<B>(request: Request<B>) -> Result<Bytes, Refused>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) => Err(Box::new(json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &json!({"error": format!("cannot read the body (at most {MAX_BODY} bytes): {error}")}),
+        ))),
+    }
+}
+
+/// Parses every non-blank, non-comment line of an NDJSON body with `parse`.
+fn parse_lines<T>(
+    body: &[u8],
+    mut parse: impl FnMut(&str) -> Result<T, RecordError>,
+) -> Result<Vec<T>, Refused> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(Box::new(json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "the body is not UTF-8"}),
+        )));
+    };
+    let mut parsed = Vec::new();
+    let mut invalid = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match parse(line) {
+            Ok(item) => parsed.push(item),
+            Err(reason) => invalid.push(LineError {
+                line: index + 1,
+                reason,
+            }),
+        }
+    }
+    if !invalid.is_empty() {
+        return Err(Box::new(json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({
+                "error": format!("{} invalid line(s); nothing was applied", invalid.len()),
+                "invalid": line_errors(&invalid),
+            }),
+        )));
+    }
+    if parsed.is_empty() {
+        return Err(Box::new(json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "the body holds no record"}),
+        )));
+    }
+    Ok(parsed)
+}
+
+fn upsert_links(state: &AppState, body: &[u8]) -> Response<Body> {
+    let records = match parse_lines(body, parse_record) {
+        Ok(records) => records,
+        Err(response) => return *response,
+    };
+    let count = records.len();
+    let (map, _) = state
+        .links
+        .apply(records.into_iter().map(|r| (r.key(), Some(r))).collect());
+    state.metrics.links_changed(map.counts());
+    tracing::info!(
+        message = "Links upserted through the admin API.",
+        records = count
+    );
+    json_response(
+        StatusCode::OK,
+        &json!({"upserted": count, "records": map.len()}),
+    )
+}
+
+fn delete_links(state: &AppState, body: &[u8]) -> Response<Body> {
+    let keys = match parse_lines(body, |line| {
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| RecordError(format!("not valid JSON: {e}")))?;
+        let Value::Object(obj) = value else {
+            return Err(RecordError("a key must be a JSON object".into()));
+        };
+        RecordKey::from_object(&obj)
+    }) {
+        Ok(keys) => keys,
+        Err(response) => return *response,
+    };
+    let count = keys.len();
+    let (map, deleted) = state
+        .links
+        .apply(keys.into_iter().map(|key| (key, None)).collect());
+    state.metrics.links_changed(map.counts());
+    tracing::info!(
+        message = "Links deleted through the admin API.",
+        keys = count,
+        deleted
+    );
+    json_response(
+        StatusCode::OK,
+        &json!({"keys": count, "deleted": deleted, "records": map.len()}),
+    )
+}
+
+async fn reload(state: &Arc<AppState>) -> Response<Body> {
+    let reloading = state.clone();
+    let result = tokio::task::spawn_blocking(move || reload_links(&reloading)).await;
+    match result {
+        Ok(Ok(report)) => json_response(
+            StatusCode::OK,
+            &json!({
+                "result": "success",
+                "records": report.records,
+                "invalid": line_errors(&report.invalid),
+            }),
+        ),
+        Ok(Err(ReloadError(error))) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "result": "error",
+                "error": error.to_string(),
+                "invalid": line_errors(error.line_errors()),
+                "kept": "the previous links stay in service",
+            }),
+        ),
+        Err(_) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"result": "error", "error": "the reload task panicked"}),
+        ),
+    }
+}
+
+/// What a URL would resolve to now, without a click: the record, and the
+/// `Location` with `{click_id}` where the click id would go.
+fn resolve_url(state: &AppState, query: Option<&str>) -> Response<Body> {
+    let target = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(name, _)| name == "url")
+        .map(|(_, value)| value.into_owned());
+    let Some(target) = target else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "give the URL to resolve as ?url=<url-encoded absolute URL>"}),
+        );
+    };
+    let Ok(url) = url::Url::parse(&target) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": format!("{target:?} is not an absolute URL")}),
+        );
+    };
+    let Some(host) = url.host_str().and_then(normalize_host) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": format!("{target:?} has no host")}),
+        );
+    };
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let map = state.links.load();
+    let path = url.path();
+    let mut answer = json!({"url": target, "host": &*host, "path": path});
+    let fields = answer.as_object_mut().expect("an object");
+    match resolve(&map, &host, path, now_ms) {
+        Route::Redirect { link, partner_id } => {
+            let query = IncomingQuery::parse(url.query());
+            let deeplink = query
+                .deeplink
+                .as_deref()
+                .map(|u| crate::destination::accept_deeplink(u, &link.deeplink_hosts));
+            let destination = match &deeplink {
+                Some(Some(accepted)) => accepted,
+                _ => &link.destination,
+            };
+            let param = link
+                .click_id_param
+                .as_deref()
+                .unwrap_or(&state.click_id_param);
+            let mut location = String::new();
+            destination.write_location(
+                &query,
+                link.forward_query,
+                Some((param, "{click_id}")),
+                &mut location,
+            );
+            let record = crate::links::Record::Link(link.clone());
+            fields.insert("result".into(), json!("redirect"));
+            fields.insert("type".into(), json!(link.kind.as_str()));
+            fields.insert("key".into(), json!(record.key().to_string()));
+            fields.insert("status".into(), json!(link.status.code()));
+            fields.insert("location".into(), json!(location));
+            fields.insert("partner_id".into(), json!(partner_id));
+            fields.insert("campaign_id".into(), json!(link.campaign_id.as_deref()));
+            fields.insert("ad_id".into(), json!(link.ad_id.as_deref()));
+            fields.insert(
+                "deeplink".into(),
+                json!(deeplink.map(|d| if d.is_some() { "accepted" } else { "rejected" })),
+            );
+        }
+        Route::AppSite(site, _) => {
+            fields.insert("result".into(), json!("app_site"));
+            fields.insert("type".into(), json!("app_site"));
+            fields.insert("key".into(), json!(format!("app_site|{}", site.host)));
+            fields.insert("status".into(), json!(200));
+        }
+        Route::Robots => {
+            fields.insert("result".into(), json!("robots"));
+            fields.insert("status".into(), json!(200));
+        }
+        Route::NotFound => {
+            fields.insert("result".into(), json!("not_found"));
+            fields.insert("status".into(), json!(404));
+        }
+        Route::UnknownHost => {
+            fields.insert("result".into(), json!("unknown_host"));
+            fields.insert("status".into(), json!(404));
+        }
+    }
+    json_response(StatusCode::OK, &answer)
+}
+
+fn line_errors(errors: &[LineError]) -> Value {
+    errors
+        .iter()
+        .map(|e| json!({"line": e.line, "reason": e.reason.0}))
+        .collect()
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut body = serde_json::to_vec(value).expect("JSON values serialize");
+    body.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
 }

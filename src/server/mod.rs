@@ -8,17 +8,18 @@
 
 mod admin;
 mod edge;
+mod links_topic;
+pub mod reload;
 pub mod request;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -26,7 +27,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::links::{LinkMap, Loaded};
+use crate::links::{LinkStore, LinksSource, Loaded};
 use crate::metrics::{Listener, Metrics};
 use crate::sink::EventSink;
 use crate::useragent::Classifier;
@@ -39,8 +40,17 @@ const ADMIN_DRAIN: Duration = Duration::from_secs(2);
 /// What every request handler shares. Reads never wait: the map is an `ArcSwap`
 /// snapshot and everything else is immutable or atomic.
 pub struct AppState {
-    /// Replaced whole on reload; a request keeps the snapshot it started with.
-    pub links: ArcSwap<LinkMap>,
+    /// The live link map; a request keeps the snapshot it started with.
+    pub links: LinkStore,
+    /// Where reloads read from, and whether they are strict.
+    pub links_source: LinksSource,
+    pub strict: bool,
+    /// One reload at a time (SIGHUP and the API may race); requests never take it.
+    pub reload_lock: Mutex<()>,
+    /// False until the links topic (if any) was read to its end once.
+    pub links_ready: AtomicBool,
+    /// `--admin-token`; `None` turns the admin API's write endpoints off.
+    pub admin_token: Option<Box<str>>,
     pub metrics: Arc<Metrics>,
     /// Where click events go: the spool and Kafka, never waited for.
     pub sink: Arc<EventSink>,
@@ -59,6 +69,14 @@ pub struct Server {
     http: TcpListener,
     admin: TcpListener,
     shutdown_timeout: Duration,
+    links_topic: Option<LinksTopic>,
+}
+
+/// `--links-topic`, with the Kafka settings to read it.
+struct LinksTopic {
+    topic: String,
+    bootstrap: String,
+    options: Vec<(String, String)>,
 }
 
 impl Server {
@@ -81,8 +99,18 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on --admin {}", config.admin))?;
 
+        let links_topic = config.kafka.links_topic.clone().map(|topic| LinksTopic {
+            topic,
+            bootstrap: sink.bootstrap().to_owned(),
+            options: config.kafka.options.clone(),
+        });
         let state = Arc::new(AppState {
-            links: ArcSwap::from_pointee(loaded.map),
+            links: LinkStore::new(loaded.map),
+            links_source: config.links.clone(),
+            strict: config.strict,
+            reload_lock: Mutex::new(()),
+            links_ready: AtomicBool::new(links_topic.is_none()),
+            admin_token: config.admin_token.map(Into::into),
             metrics,
             sink,
             classifier: Classifier::new(),
@@ -96,6 +124,7 @@ impl Server {
             http,
             admin,
             shutdown_timeout: config.shutdown_timeout,
+            links_topic,
         })
     }
 
@@ -124,7 +153,17 @@ impl Server {
             http,
             admin,
             shutdown_timeout,
+            links_topic,
         } = self;
+        if let Some(LinksTopic {
+            topic,
+            bootstrap,
+            options,
+        }) = links_topic
+        {
+            links_topic::spawn(state.clone(), bootstrap, options, topic);
+        }
+        let reloads = tokio::spawn(reload_on_hangup(state.clone()));
         info!(
             message = "Serving.",
             http = %http.local_addr()?,
@@ -132,6 +171,7 @@ impl Server {
             kafka = %state.sink.bootstrap(),
             topic = %state.sink.topic(),
             links = state.links.load().len(),
+            links_topic = if state.links_ready.load(Ordering::SeqCst) { "none" } else { "reading" },
         );
         let upkeep = tokio::spawn(metrics_upkeep(state.metrics.clone()));
         let edge_connections = GracefulShutdown::new();
@@ -190,6 +230,7 @@ impl Server {
             let _ = tokio::time::timeout(ADMIN_DRAIN, admin_connections.shutdown()).await;
         }
         upkeep.abort();
+        reloads.abort();
         info!(message = "Stopped.");
         Ok(())
     }
@@ -212,7 +253,7 @@ fn load_links(config: &Config, metrics: &Metrics) -> anyhow::Result<Loaded> {
         );
     }
     let counts = loaded.map.counts();
-    metrics.links_loaded(counts, unix_seconds());
+    metrics.links_loaded(counts, reload::unix_seconds());
     info!(
         message = "Links loaded.",
         source = %config.links,
@@ -227,10 +268,24 @@ fn load_links(config: &Config, metrics: &Metrics) -> anyhow::Result<Loaded> {
     Ok(loaded)
 }
 
-fn unix_seconds() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+/// SIGHUP reloads the links file.
+async fn reload_on_hangup(state: Arc<AppState>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            warn!(message = "Cannot listen for SIGHUP; reload through POST /admin/reload.");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            info!(message = "Received SIGHUP; reloading the links.");
+            let reloading = state.clone();
+            // The outcome is logged and counted by the reload itself.
+            let _ = tokio::task::spawn_blocking(move || reload::reload_links(&reloading)).await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 /// Starts serving one accepted connection on its own task.
@@ -257,7 +312,7 @@ async fn serve(
         async move {
             Ok::<_, Infallible>(match listener {
                 Listener::Http => edge::handle(&state, &request, peer),
-                Listener::Admin => admin::handle(&state, &request),
+                Listener::Admin => admin::handle(&state, request).await,
             })
         }
     });

@@ -48,6 +48,8 @@ pub struct KafkaSettings {
     /// `--kafka-option key=value`, applied after the defaults.
     pub options: Vec<(String, String)>,
     pub client_id: String,
+    /// Created in the embedded development cluster too, when given.
+    pub links_topic: Option<String>,
 }
 
 /// Lets one warning through per second and says how many it stands for, so a
@@ -155,10 +157,10 @@ struct DevCluster {
 }
 
 impl DevCluster {
-    fn start(topic: &str) -> Result<DevCluster, SinkError> {
+    fn start(topics: &[(&str, i32)]) -> Result<DevCluster, SinkError> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let topic = topic.to_owned();
+        let topics: Vec<(String, i32)> = topics.iter().map(|(t, p)| (t.to_string(), *p)).collect();
         let thread = thread::Builder::new()
             .name("dev-kafka".into())
             .spawn(move || {
@@ -169,9 +171,11 @@ impl DevCluster {
                         return;
                     }
                 };
-                if let Err(e) = cluster.create_topic(&topic, DEV_PARTITIONS, 1) {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return;
+                for (topic, partitions) in &topics {
+                    if let Err(e) = cluster.create_topic(topic, *partitions, 1) {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
                 }
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                 // Serve until the sink is dropped.
@@ -242,7 +246,13 @@ impl Kafka {
     ) -> Result<Arc<Kafka>, SinkError> {
         let dev_cluster = match &settings.brokers {
             Some(_) => None,
-            None => Some(DevCluster::start(&settings.topic)?),
+            None => {
+                let mut topics = vec![(settings.topic.as_str(), DEV_PARTITIONS)];
+                if let Some(links) = &settings.links_topic {
+                    topics.push((links.as_str(), 1));
+                }
+                Some(DevCluster::start(&topics)?)
+            }
         };
         let bootstrap = match (&settings.brokers, &dev_cluster) {
             (Some(brokers), _) => brokers.clone(),

@@ -1,0 +1,65 @@
+//! Reloading the links file (SIGHUP, `POST /admin/reload`): built off the request
+//! path, swapped in whole. A failed reload keeps the map in service and says why:
+//! in the log, in `clickedge_links_reloads_total{result="error"}`, and to the
+//! caller.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::{error, info, warn};
+
+use super::AppState;
+use crate::links::{LineError, LoadError};
+
+#[derive(Debug)]
+pub struct ReloadReport {
+    pub records: usize,
+    pub invalid: Vec<LineError>,
+}
+
+#[derive(Debug)]
+pub struct ReloadError(pub LoadError);
+
+/// Loads the links file again and swaps it in. Blocking: call it off the runtime.
+pub fn reload_links(state: &AppState) -> Result<ReloadReport, ReloadError> {
+    // One reload at a time; requests never take this lock.
+    let _reloading = state.reload_lock.lock().expect("reload lock");
+    match state.links_source.load(state.strict) {
+        Ok(loaded) => {
+            for error in &loaded.invalid {
+                warn!(
+                    message = "Invalid link record skipped.",
+                    source = %state.links_source,
+                    line = error.line,
+                    reason = %error.reason
+                );
+            }
+            let map = state.links.replace_file(loaded.map);
+            state.metrics.links_loaded(map.counts(), unix_seconds());
+            info!(
+                message = "Links reloaded.",
+                source = %state.links_source,
+                records = map.len(),
+                invalid = loaded.invalid.len()
+            );
+            Ok(ReloadReport {
+                records: map.len(),
+                invalid: loaded.invalid,
+            })
+        }
+        Err(load_error) => {
+            state.metrics.links_load_failed();
+            error!(
+                message = "Links reload failed; the previous links stay in service.",
+                source = %state.links_source,
+                error = %load_error
+            );
+            Err(ReloadError(load_error))
+        }
+    }
+}
+
+pub fn unix_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
