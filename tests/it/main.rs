@@ -4,6 +4,7 @@
 mod cli;
 mod delivery;
 mod events;
+mod links;
 mod ops;
 mod redirect;
 mod support;

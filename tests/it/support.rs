@@ -50,7 +50,7 @@ pub struct TestEdge {
     pub topic: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
-    _links: tempfile::NamedTempFile,
+    links_file: tempfile::NamedTempFile,
     _spool_dir: Option<tempfile::TempDir>,
 }
 
@@ -94,7 +94,7 @@ impl TestEdge {
             topic,
             stop: Some(stop),
             task: None,
-            _links: file,
+            links_file: file,
             _spool_dir: spool_dir,
         };
         let task = tokio::spawn(server.run(async move {
@@ -104,6 +104,11 @@ impl TestEdge {
             task: Some(task),
             ..edge
         }
+    }
+
+    /// The links file the edge was started with (rewrite it, then reload).
+    pub fn links_path(&self) -> &std::path::Path {
+        self.links_file.path()
     }
 
     pub async fn get(&self, host: &str, target: &str) -> TestResponse {
@@ -202,6 +207,18 @@ pub async fn request(
     target: &str,
     headers: &[(&str, &str)],
 ) -> TestResponse {
+    request_with_body(addr, method, host, target, headers, String::new()).await
+}
+
+/// One HTTP/1.1 request with a body on a fresh connection.
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> TestResponse {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -215,7 +232,11 @@ pub async fn request(
         builder = builder.header(*name, *value);
     }
     let response = sender
-        .send_request(builder.body(Empty::<Bytes>::new()).unwrap())
+        .send_request(
+            builder
+                .body(http_body_util::Full::new(Bytes::from(body)))
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = response.status().as_u16();

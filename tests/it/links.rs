@@ -1,0 +1,507 @@
+//! SPEC §5: links change without a restart: reloads, the admin API, the links
+//! topic, and their precedence.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+
+use crate::cli::Running;
+use crate::support::{
+    consume_blocking, request, request_with_body, sample, TestEdge, TestResponse, LINKS,
+};
+
+const TOKEN: &str = "test-token-0123456789";
+const BEARER: &str = "Bearer test-token-0123456789";
+
+const NEW_VANITY: &str = r#"{"type":"vanity","host":"new.pxf.io","slug":"fresh","partner_id":"9","campaign_id":"9","ad_id":"9","url":"https://www.acme.com/fresh"}"#;
+
+async fn admin(
+    edge: &TestEdge,
+    method: &str,
+    target: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> TestResponse {
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+    request_with_body(
+        edge.admin,
+        method,
+        "localhost",
+        target,
+        &headers,
+        body.to_owned(),
+    )
+    .await
+}
+
+fn json_body(r: &TestResponse) -> Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+#[tokio::test]
+async fn without_a_token_writes_are_forbidden_and_resolve_answers() {
+    let edge = TestEdge::start(LINKS, &[]).await;
+    for (method, target) in [
+        ("PUT", "/admin/links"),
+        ("DELETE", "/admin/links"),
+        ("POST", "/admin/reload"),
+    ] {
+        let r = admin(&edge, method, target, None, NEW_VANITY).await;
+        assert_eq!(r.status, 403, "{method} {target}: {}", r.body);
+    }
+    assert_eq!(
+        edge.get("new.pxf.io", "/fresh").await.status,
+        404,
+        "nothing was applied"
+    );
+    let r = admin(
+        &edge,
+        "GET",
+        "/admin/resolve?url=https%3A%2F%2Facme.sjv.io%2Fc%2F1%2F5678%2F9012",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_401() {
+    let edge = TestEdge::start(LINKS, &["--admin-token", TOKEN]).await;
+    for auth in [
+        None,
+        Some("Bearer wrong-token-0123456789"),
+        Some("Basic dGVzdA=="),
+        Some("Bearer "),
+    ] {
+        for (method, target) in [
+            ("PUT", "/admin/links"),
+            ("POST", "/admin/reload"),
+            ("GET", "/admin/resolve?url=https%3A%2F%2Fa.io%2F"),
+        ] {
+            let r = admin(&edge, method, target, auth, NEW_VANITY).await;
+            assert_eq!(r.status, 401, "{auth:?} {method} {target}");
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        }
+    }
+    assert_eq!(edge.get("new.pxf.io", "/fresh").await.status, 404);
+    // Probes and metrics need no token.
+    assert_eq!(edge.admin_get("/healthz").await.status, 200);
+    assert_eq!(edge.admin_get("/metrics").await.status, 200);
+}
+
+#[tokio::test]
+async fn put_upserts_records_and_they_serve_at_once() {
+    let edge = TestEdge::start(LINKS, &["--admin-token", TOKEN]).await;
+    let changed_fallback =
+        r#"{"type":"fallback","host":"acme.sjv.io","url":"https://www.acme.com/new-home"}"#;
+    let body = format!("# two records\n{NEW_VANITY}\n\n{changed_fallback}\n");
+    let r = admin(&edge, "PUT", "/admin/links", Some(BEARER), &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_body(&r)["upserted"], 2);
+    let r = edge.get("new.pxf.io", "/fresh").await;
+    assert_eq!(r.status, 302);
+    assert!(r
+        .location()
+        .starts_with("https://www.acme.com/fresh?clickid="));
+    assert!(edge
+        .get("acme.sjv.io", "/nothing")
+        .await
+        .location()
+        .starts_with("https://www.acme.com/new-home?"));
+    let m = edge.metrics().await;
+    assert_eq!(
+        sample(&m, r#"clickedge_links{type="vanity"}"#),
+        Some(2.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn put_with_an_invalid_line_names_it_and_applies_nothing() {
+    let edge = TestEdge::start(LINKS, &["--admin-token", TOKEN]).await;
+    let body = format!("{NEW_VANITY}\n{{\"type\":\"vanity\",\"host\":\"x.io\"}}\nnot json\n");
+    let r = admin(&edge, "PUT", "/admin/links", Some(BEARER), &body).await;
+    assert_eq!(r.status, 400);
+    let answer = json_body(&r);
+    assert_eq!(answer["invalid"][0]["line"], 2);
+    assert!(
+        answer["invalid"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("missing field"),
+        "{answer}"
+    );
+    assert_eq!(answer["invalid"][1]["line"], 3);
+    assert_eq!(
+        edge.get("new.pxf.io", "/fresh").await.status,
+        404,
+        "nothing applied"
+    );
+    let r = admin(&edge, "PUT", "/admin/links", Some(BEARER), "\n# nothing\n").await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn delete_removes_records_by_key() {
+    let edge = TestEdge::start(LINKS, &["--admin-token", TOKEN]).await;
+    let body = r#"{"type":"vanity","host":"ACME.pxf.io","slug":"Janes-Picks"}
+{"type":"tracking","host":"acme.sjv.io","campaign_id":"9012","ad_id":"5678"}
+{"type":"domain","host":"nothing-here.example"}"#;
+    let r = admin(&edge, "DELETE", "/admin/links", Some(BEARER), body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_body(&r)["keys"], 3);
+    assert_eq!(json_body(&r)["deleted"], 2);
+    assert_eq!(edge.get("acme.pxf.io", "/janes-picks").await.status, 404);
+    let r = edge.get("acme.sjv.io", "/c/1/5678/9012").await;
+    assert!(
+        r.location().starts_with("https://www.acme.com/home?"),
+        "falls back: {}",
+        r.location()
+    );
+    let r = admin(
+        &edge,
+        "DELETE",
+        "/admin/links",
+        Some(BEARER),
+        r#"{"type":"vanity","host":"a.io"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(json_body(&r)["invalid"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("slug"));
+}
+
+#[tokio::test]
+async fn resolve_says_what_a_url_would_do() {
+    let edge = TestEdge::start(LINKS, &[]).await;
+    let r = admin(
+        &edge,
+        "GET",
+        "/admin/resolve?url=https%3A%2F%2FACME.sjv.io%2Fc%2F1234%2F5678%2F9012%3Fcolor%3Dred",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let answer = json_body(&r);
+    assert_eq!(answer["result"], "redirect");
+    assert_eq!(answer["type"], "tracking");
+    assert_eq!(answer["key"], "tracking|acme.sjv.io|9012|5678");
+    assert_eq!(answer["status"], 302);
+    assert_eq!(answer["partner_id"], "1234");
+    assert_eq!(
+        answer["location"],
+        "https://www.acme.com/summer?utm_source=impact&color=red&clickid={click_id}"
+    );
+    let r = admin(
+        &edge,
+        "GET",
+        "/admin/resolve?url=https%3A%2F%2Fnope.example%2F",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(json_body(&r)["result"], "unknown_host");
+    let r = admin(
+        &edge,
+        "GET",
+        "/admin/resolve?url=https%3A%2F%2Facme.pxf.io%2Fnone",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(json_body(&r)["result"], "not_found");
+    let r = admin(&edge, "GET", "/admin/resolve", None, "").await;
+    assert_eq!(r.status, 400);
+    // A lookup is not a click: no event within three seconds.
+    let (bootstrap, topic) = (edge.bootstrap.clone(), edge.topic.clone());
+    let events = tokio::task::spawn_blocking(move || {
+        consume_blocking(&bootstrap, &topic, 1, Duration::from_secs(3))
+    })
+    .await
+    .unwrap();
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[tokio::test]
+async fn reload_swaps_in_the_file_and_a_broken_file_keeps_the_old_map() {
+    let edge = TestEdge::start(LINKS, &["--admin-token", TOKEN]).await;
+    std::fs::write(edge.links_path(), format!("{LINKS}\n{NEW_VANITY}\n")).unwrap();
+    let r = admin(&edge, "POST", "/admin/reload", Some(BEARER), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_body(&r)["result"], "success");
+    assert_eq!(edge.get("new.pxf.io", "/fresh").await.status, 302);
+
+    std::fs::write(edge.links_path(), "garbage\nmore garbage\n").unwrap();
+    let r = admin(&edge, "POST", "/admin/reload", Some(BEARER), "").await;
+    assert_eq!(r.status, 422);
+    let answer = json_body(&r);
+    assert_eq!(answer["result"], "error");
+    assert_eq!(answer["invalid"][0]["line"], 1);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("no valid link record"),
+        "{answer}"
+    );
+    // The previous map stays in service.
+    assert_eq!(edge.get("new.pxf.io", "/fresh").await.status, 302);
+    assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
+    let m = edge.metrics().await;
+    assert_eq!(
+        sample(&m, r#"clickedge_links_reloads_total{result="success"}"#),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, r#"clickedge_links_reloads_total{result="error"}"#),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn api_changes_survive_a_file_reload() {
+    let edge = TestEdge::start(LINKS, &["--admin-token", TOKEN]).await;
+    admin(&edge, "PUT", "/admin/links", Some(BEARER), NEW_VANITY).await;
+    admin(
+        &edge,
+        "DELETE",
+        "/admin/links",
+        Some(BEARER),
+        r#"{"type":"vanity","host":"acme.pxf.io","slug":"janes-picks"}"#,
+    )
+    .await;
+    let r = admin(&edge, "POST", "/admin/reload", Some(BEARER), "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        edge.get("new.pxf.io", "/fresh").await.status,
+        302,
+        "the upsert is kept"
+    );
+    assert_eq!(
+        edge.get("acme.pxf.io", "/janes-picks").await.status,
+        404,
+        "the delete is kept"
+    );
+}
+
+fn produce(bootstrap: &str, topic: &str, messages: &[(&str, Option<&str>)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for (key, value) in messages {
+        let mut record = BaseRecord::<str, str>::to(topic).key(*key);
+        if let Some(value) = value {
+            record = record.payload(*value);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+async fn wait_status(edge: &TestEdge, host: &str, path: &str, status: u16) -> TestResponse {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = edge.get(host, path).await;
+        if r.status == status {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}{path} never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_links_topic_upserts_deletes_and_outranks_the_file() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    cluster.create_topic("links", 2, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let file_fallback =
+        r#"{"type":"fallback","host":"acme.sjv.io","url":"https://www.acme.com/from-topic"}"#;
+    produce(
+        &bootstrap,
+        "links",
+        &[
+            ("vanity|new.pxf.io|fresh", Some(NEW_VANITY)),
+            ("fallback|acme.sjv.io", Some(file_fallback)),
+        ],
+    );
+    let edge = TestEdge::start(
+        LINKS,
+        &[
+            "--kafka-brokers",
+            &bootstrap,
+            "--links-topic",
+            "links",
+            "--admin-token",
+            TOKEN,
+        ],
+    )
+    .await;
+    edge.wait_ready().await;
+    // Read to its end before ready: both records serve.
+    assert_eq!(edge.get("new.pxf.io", "/fresh").await.status, 302);
+    assert!(edge
+        .get("acme.sjv.io", "/x")
+        .await
+        .location()
+        .starts_with("https://www.acme.com/from-topic?"));
+
+    // A tombstone deletes, live.
+    produce(&bootstrap, "links", &[("vanity|new.pxf.io|fresh", None)]);
+    wait_status(&edge, "new.pxf.io", "/fresh", 404).await;
+    // A file reload keeps what came from the topic.
+    let r = admin(&edge, "POST", "/admin/reload", Some(BEARER), "").await;
+    assert_eq!(r.status, 200);
+    assert!(edge
+        .get("acme.sjv.io", "/x")
+        .await
+        .location()
+        .starts_with("https://www.acme.com/from-topic?"));
+    assert_eq!(edge.get("new.pxf.io", "/fresh").await.status, 404);
+    // An invalid record on the topic is skipped, not fatal.
+    produce(
+        &bootstrap,
+        "links",
+        &[
+            ("vanity|bad.io|x", Some("{not json")),
+            ("vanity|new.pxf.io|fresh", Some(NEW_VANITY)),
+        ],
+    );
+    wait_status(&edge, "new.pxf.io", "/fresh", 302).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_the_links_topic() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    cluster.create_topic("links", 1, 1).unwrap();
+    produce(
+        &cluster.bootstrap_servers(),
+        "links",
+        &[("vanity|new.pxf.io|fresh", Some(NEW_VANITY))],
+    );
+    cluster.broker_down(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let edge = TestEdge::start(
+        LINKS,
+        &[
+            "--kafka-brokers",
+            &bootstrap,
+            "--links-topic",
+            "links",
+            "--shutdown-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = edge.admin_get("/readyz").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, "not ready: links topic not read to its end yet\n")
+    );
+    cluster.broker_up(1).unwrap();
+    edge.wait_ready().await;
+    assert_eq!(
+        edge.get("new.pxf.io", "/fresh").await.status,
+        302,
+        "ready means read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_file() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), LINKS).unwrap();
+    let path = file.path().to_str().unwrap();
+    let (edge, http) = Running::serve(&["--links", path]);
+    assert_eq!(
+        request(http, "GET", "new.pxf.io", "/fresh", &[])
+            .await
+            .status,
+        404
+    );
+    std::fs::write(file.path(), format!("{LINKS}\n{NEW_VANITY}\n")).unwrap();
+    let pid = edge.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    edge.wait_for("Links reloaded.");
+    assert_eq!(
+        request(http, "GET", "new.pxf.io", "/fresh", &[])
+            .await
+            .status,
+        302
+    );
+    assert_eq!(edge.terminate(), 0);
+}
+
+/// While the map is replaced again and again (reloads, API upserts and deletes of
+/// other keys), a link present in every version never misses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_in_every_version_never_misses_while_the_map_churns() {
+    let edge = TestEdge::start(LINKS, &["--admin-token", TOKEN]).await;
+    let edge = std::sync::Arc::new(edge);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (edge, stop) = (edge.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut checked = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = edge.get("acme.sjv.io", "/c/1/5678/9012").await;
+                assert_eq!(r.status, 302);
+                assert!(
+                    r.location().starts_with("https://www.acme.com/summer?"),
+                    "{}",
+                    r.location()
+                );
+                checked += 1;
+            }
+            checked
+        }));
+    }
+    for i in 0..100 {
+        let extra = format!(
+            r#"{{"type":"vanity","host":"churn.io","slug":"s{i}","partner_id":"1","campaign_id":"1","ad_id":"{i}","url":"https://churn.example/{i}"}}"#
+        );
+        std::fs::write(edge.links_path(), format!("{LINKS}\n{extra}\n")).unwrap();
+        let r = admin(&edge, "POST", "/admin/reload", Some(BEARER), "").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        admin(
+            &edge,
+            "PUT",
+            "/admin/links",
+            Some(BEARER),
+            &extra.replace("churn.io", "api-churn.io"),
+        )
+        .await;
+        let key =
+            json!({"type":"vanity","host":"api-churn.io","slug":format!("s{}", i.max(1) - 1)})
+                .to_string();
+        admin(&edge, "DELETE", "/admin/links", Some(BEARER), &key).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut checked = 0;
+    for reader in readers {
+        checked += reader.await.unwrap();
+    }
+    assert!(checked > 100, "readers ran throughout: {checked}");
+    assert_eq!(edge.get("churn.io", "/s99").await.status, 302);
+}
