@@ -295,3 +295,58 @@ async fn a_hung_broker_under_traffic_loses_no_click() {
     assert!(missing.is_empty(), "lost {} clicks", missing.len());
     assert_eq!(edge.terminate(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_links_topic_upserts_and_deletes_through_a_real_broker() {
+    let Some(tansu) = require_tansu() else {
+        return;
+    };
+    let broker = start_broker(&tansu);
+    create_topic(&broker.address, "clicks", 1).await;
+    create_topic(&broker.address, "links", 1).await;
+    let vanity = r#"{"type":"vanity","host":"new.pxf.io","slug":"fresh","partner_id":"9","campaign_id":"9","ad_id":"9","url":"https://www.acme.com/fresh"}"#;
+    produce_to(
+        &broker.address,
+        "links",
+        "vanity|new.pxf.io|fresh",
+        Some(vanity),
+    );
+
+    let (edge, http) =
+        Running::serve(&["--kafka-brokers", &broker.address, "--links-topic", "links"]);
+    edge.wait_for("Links topic read to its end");
+    let r = request(http, "GET", "new.pxf.io", "/fresh", &[]).await;
+    assert_eq!(r.status, 302);
+    assert!(r
+        .location()
+        .starts_with("https://www.acme.com/fresh?clickid="));
+
+    produce_to(&broker.address, "links", "vanity|new.pxf.io|fresh", None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while request(http, "GET", "new.pxf.io", "/fresh", &[])
+        .await
+        .status
+        != 404
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the tombstone never deleted the link"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(edge.terminate(), 0);
+}
+
+fn produce_to(bootstrap: &str, topic: &str, key: &str, value: Option<&str>) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut record = BaseRecord::<str, str>::to(topic).key(key);
+    if let Some(value) = value {
+        record = record.payload(value);
+    }
+    producer.send(record).map_err(|(e, _)| e).unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
