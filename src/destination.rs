@@ -8,21 +8,16 @@ use std::borrow::Cow;
 
 use url::Url;
 
-/// A record's destination URL, pre-split so the request path does no URL parsing.
+/// A record's destination URL, normalized once at load: one string and the
+/// offsets of its query and fragment, so the request path does no URL parsing and
+/// a map of millions holds one allocation per distinct URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
-    /// `scheme://host[:port]/path`, normalized by the URL parser.
-    base: Box<str>,
-    params: Box<[QueryParam]>,
-    /// Without the `#`.
-    fragment: Option<Box<str>>,
-}
-
-/// One `name=value` pair as written in a URL, with its decoded name for comparison.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct QueryParam {
-    name: Box<str>,
-    raw: Box<str>,
+    url: Box<str>,
+    /// End of `scheme://host[:port]/path`.
+    base_end: u32,
+    /// Start of the fragment's `#`, or the end of the URL.
+    fragment_start: u32,
 }
 
 impl Destination {
@@ -38,36 +33,52 @@ impl Destination {
             return None;
         }
         let full = url.as_str();
+        let fragment_start = url
+            .fragment()
+            .map_or(full.len(), |f| full.len() - f.len() - 1);
         let base_end = url
             .query()
-            .map(|q| full.len() - q.len() - 1 - url.fragment().map_or(0, |f| f.len() + 1))
-            .unwrap_or_else(|| full.len() - url.fragment().map_or(0, |f| f.len() + 1));
-        let params = url
-            .query()
-            .map(|q| {
-                q.split('&')
-                    .filter(|segment| !segment.is_empty())
-                    .map(|segment| QueryParam {
-                        name: decode_component(segment.split('=').next().unwrap_or(""))
-                            .into_owned()
-                            .into_boxed_str(),
-                        raw: segment.into(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+            .map_or(fragment_start, |q| fragment_start - q.len() - 1);
         Some(Destination {
-            base: full[..base_end].into(),
-            params,
-            fragment: url.fragment().map(Into::into),
+            url: full.into(),
+            base_end: u32::try_from(base_end).ok()?,
+            fragment_start: u32::try_from(fragment_start).ok()?,
         })
+    }
+
+    /// The normalized URL as the record gave it.
+    pub fn as_str(&self) -> &str {
+        &self.url
     }
 
     /// The URL as the record gave it (normalized), without request parameters.
     pub fn to_url_string(&self) -> String {
-        let mut out = String::new();
-        self.write_location(&IncomingQuery::default(), false, None, &mut out);
-        out
+        self.url.to_string()
+    }
+
+    fn base(&self) -> &str {
+        &self.url[..self.base_end as usize]
+    }
+
+    /// This URL's own `name=value` segments, with their decoded names.
+    fn params(&self) -> impl Iterator<Item = (Cow<'_, str>, &str)> {
+        let (base_end, fragment_start) = (self.base_end as usize, self.fragment_start as usize);
+        let query = if base_end < fragment_start {
+            &self.url[base_end + 1..fragment_start]
+        } else {
+            ""
+        };
+        query.split('&').filter(|s| !s.is_empty()).map(|segment| {
+            (
+                decode_component(segment.split('=').next().unwrap_or("")),
+                segment,
+            )
+        })
+    }
+
+    fn fragment(&self) -> Option<&str> {
+        let start = self.fragment_start as usize;
+        (start < self.url.len()).then(|| &self.url[start + 1..])
     }
 
     /// Writes the `Location`: this URL's parameters, then the forwarded incoming ones
@@ -80,7 +91,7 @@ impl Destination {
         out: &mut String,
     ) {
         out.clear();
-        out.push_str(&self.base);
+        out.push_str(self.base());
         let click_param = click_id.map(|(name, _)| name);
         let forwarded: &[(Cow<'_, str>, &str)] = if forward_query {
             &incoming.forwarded
@@ -93,14 +104,14 @@ impl Destination {
             separator = '&';
             out.push_str(raw);
         };
-        for param in self.params.iter() {
-            let replaced = forwarded.iter().any(|(name, _)| *name == *param.name);
-            if !replaced && click_param != Some(&*param.name) {
-                push(&param.raw, out);
+        for (name, raw) in self.params() {
+            let replaced = forwarded.iter().any(|(other, _)| *other == name);
+            if !replaced && click_param != Some(name.as_ref()) {
+                push(raw, out);
             }
         }
         for (name, raw) in forwarded {
-            if click_param != Some(name) {
+            if click_param != Some(name.as_ref()) {
                 push(raw, out);
             }
         }
@@ -110,7 +121,7 @@ impl Destination {
             out.push('=');
             out.push_str(id);
         }
-        if let Some(fragment) = &self.fragment {
+        if let Some(fragment) = self.fragment() {
             out.push('#');
             out.push_str(fragment);
         }

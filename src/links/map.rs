@@ -1,57 +1,76 @@
 //! The in-memory link map: built whole off the request path, then read without locks.
 
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::hash_table::Entry;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
-use super::record::{AppSite, Link, LinkKind, Record, RecordKey};
+use super::record::{AppSite, Id, Link, LinkKind, Record, RecordKey};
 
-/// Tracking links are found by `(campaign_id, ad_id)` within a host.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct TrackingKey {
-    campaign_id: Box<str>,
-    ad_id: Box<str>,
-}
-
-/// Borrowed form of [`TrackingKey`] so a lookup allocates nothing. Its `Hash` must
-/// feed the hasher exactly as the derived one of `TrackingKey` does.
-struct TrackingRef<'a> {
-    campaign_id: &'a str,
-    ad_id: &'a str,
-}
-
-impl Hash for TrackingRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.campaign_id.hash(state);
-        self.ad_id.hash(state);
-    }
-}
-
-impl Equivalent<TrackingKey> for TrackingRef<'_> {
-    fn equivalent(&self, key: &TrackingKey) -> bool {
-        *key.campaign_id == *self.campaign_id && *key.ad_id == *self.ad_id
-    }
-}
-
-/// Everything one host answers.
+/// Everything one host answers. Tracking links sit in a table hashed by their own
+/// `(campaign_id, ad_id)`, so the ids are stored once, in the link.
 #[derive(Debug, Default, Clone)]
 pub struct HostLinks {
-    tracking: HashMap<TrackingKey, Arc<Link>>,
-    vanity: HashMap<Box<str>, Arc<Link>>,
+    hasher: DefaultHashBuilder,
+    tracking: HashTable<Arc<Link>>,
+    vanity: HashMap<Id, Arc<Link>>,
     pub domain: Option<Arc<Link>>,
     pub fallback: Option<Arc<Link>>,
     pub app_site: Option<Arc<AppSite>>,
 }
 
+fn ids(link: &Link) -> (&str, &str) {
+    (
+        link.campaign_id.as_deref().unwrap_or_default(),
+        link.ad_id.as_deref().unwrap_or_default(),
+    )
+}
+
 impl HostLinks {
     pub fn tracking(&self, campaign_id: &str, ad_id: &str) -> Option<&Arc<Link>> {
-        self.tracking.get(&TrackingRef { campaign_id, ad_id })
+        let hash = self.hasher.hash_one((campaign_id, ad_id));
+        self.tracking
+            .find(hash, |link| ids(link) == (campaign_id, ad_id))
     }
 
     /// `slug` must already be lowercase.
     pub fn vanity(&self, slug: &str) -> Option<&Arc<Link>> {
         self.vanity.get(slug)
+    }
+
+    /// Inserts or replaces a tracking link; returns whether it replaced one.
+    fn put_tracking(&mut self, link: Arc<Link>) -> bool {
+        let hash = self.hasher.hash_one(ids(&link));
+        let hasher = &self.hasher;
+        match self.tracking.entry(
+            hash,
+            |other| ids(other) == ids(&link),
+            |other| hasher.hash_one(ids(other)),
+        ) {
+            Entry::Occupied(mut occupied) => {
+                *occupied.get_mut() = link;
+                true
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(link);
+                false
+            }
+        }
+    }
+
+    fn remove_tracking(&mut self, campaign_id: &str, ad_id: &str) -> bool {
+        let hash = self.hasher.hash_one((campaign_id, ad_id));
+        match self
+            .tracking
+            .find_entry(hash, |link| ids(link) == (campaign_id, ad_id))
+        {
+            Ok(found) => {
+                found.remove();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -98,21 +117,19 @@ impl LinkMap {
 
     /// Adds a record, replacing one with the same key. Returns whether it replaced.
     pub fn upsert(&mut self, record: Record) -> bool {
-        let host_name = match &record {
-            Record::Link(link) => link.host.clone(),
-            Record::AppSite(site) => site.host.clone(),
+        let host_name: &str = match &record {
+            Record::Link(link) => &link.host,
+            Record::AppSite(site) => &site.host,
         };
-        let host = Arc::make_mut(self.hosts.entry(host_name).or_default());
+        // Allocate the host's name only the first time it is seen.
+        if !self.hosts.contains_key(host_name) {
+            self.hosts.insert(host_name.into(), Arc::default());
+        }
+        let host = Arc::make_mut(self.hosts.get_mut(host_name).expect("just ensured"));
         let replaced = match record {
             Record::AppSite(site) => host.app_site.replace(site).is_some(),
             Record::Link(link) => match link.kind {
-                LinkKind::Tracking => {
-                    let key = TrackingKey {
-                        campaign_id: link.campaign_id.clone().unwrap_or_default(),
-                        ad_id: link.ad_id.clone().unwrap_or_default(),
-                    };
-                    host.tracking.insert(key, link).is_some()
-                }
+                LinkKind::Tracking => host.put_tracking(link),
                 LinkKind::Vanity => {
                     let slug = link.slug.clone().unwrap_or_default();
                     host.vanity.insert(slug, link).is_some()
@@ -143,10 +160,7 @@ impl LinkMap {
         let removed = match key {
             RecordKey::Tracking {
                 campaign_id, ad_id, ..
-            } => host
-                .tracking
-                .remove(&TrackingRef { campaign_id, ad_id })
-                .is_some(),
+            } => host.remove_tracking(campaign_id, ad_id),
             RecordKey::Vanity { slug, .. } => host.vanity.remove(&**slug).is_some(),
             RecordKey::Domain { .. } => host.domain.take().is_some(),
             RecordKey::Fallback { .. } => host.fallback.take().is_some(),

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 pub use map::{HostLinks, LinkCounts, LinkMap};
 pub use record::{
-    is_query_name, is_valid_id, parse_record, record_from_object, AppSite, Link, LinkKind, Record,
-    RecordError, RecordKey, RedirectStatus,
+    is_query_name, is_valid_id, parse_record, parse_record_with, record_from_object, AppSite, Id,
+    Link, LinkKind, LoadCache, Record, RecordError, RecordKey, RedirectStatus,
 };
 pub use resolve::{resolve, AppSiteFile, Route};
 pub use store::{Change, LinkStore};
@@ -124,59 +124,97 @@ impl fmt::Display for LinksSource {
 }
 
 pub fn load_file(path: &Path, strict: bool) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    use std::io::BufRead;
+    let read_error = |source| LoadError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    load_str(&text, &path.display().to_string(), strict)
+    };
+    // Streamed a line at a time: the file is never held whole in memory.
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut loader = Loader::default();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(read_error)? == 0 {
+            break;
+        }
+        loader.line(&line);
+    }
+    loader.finish(&path.display().to_string(), strict)
 }
 
 /// Loads NDJSON text: one record per line; blank lines and `#` comments are skipped.
 pub fn load_str(text: &str, source_name: &str, strict: bool) -> Result<Loaded, LoadError> {
-    let mut map = LinkMap::default();
-    let mut valid = 0;
-    let mut invalid = Vec::new();
-    for (index, line) in text.lines().enumerate() {
+    let mut loader = Loader::default();
+    for line in text.lines() {
+        loader.line(line);
+    }
+    loader.finish(source_name, strict)
+}
+
+/// Builds a map line by line, sharing hosts and destinations.
+#[derive(Default)]
+struct Loader {
+    map: LinkMap,
+    cache: LoadCache,
+    line_number: usize,
+    valid: usize,
+    invalid: Vec<LineError>,
+}
+
+impl Loader {
+    fn line(&mut self, line: &str) {
+        self.line_number += 1;
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
+            return;
         }
-        match parse_record(trimmed) {
+        match parse_record_with(trimmed, &mut self.cache) {
             Ok(record) => {
-                map.upsert(record);
-                valid += 1;
+                self.map.upsert(record);
+                self.valid += 1;
             }
-            Err(reason) => invalid.push(LineError {
-                line: index + 1,
+            Err(reason) => self.invalid.push(LineError {
+                line: self.line_number,
                 reason,
             }),
         }
     }
-    let source_name = source_name.to_owned();
-    if strict && !invalid.is_empty() {
-        return Err(LoadError::Strict {
-            source_name,
-            errors: invalid,
-        });
-    }
-    if valid == 0 {
-        return Err(LoadError::NoValidRecords {
-            source_name,
-            errors: invalid,
-        });
-    }
-    if invalid.len() > valid {
-        return Err(LoadError::MostlyInvalid {
-            source_name,
+
+    fn finish(self, source_name: &str, strict: bool) -> Result<Loaded, LoadError> {
+        let Loader {
+            map,
             valid,
-            errors: invalid,
-        });
+            invalid,
+            ..
+        } = self;
+        let source_name = source_name.to_owned();
+        if strict && !invalid.is_empty() {
+            return Err(LoadError::Strict {
+                source_name,
+                errors: invalid,
+            });
+        }
+        if valid == 0 {
+            return Err(LoadError::NoValidRecords {
+                source_name,
+                errors: invalid,
+            });
+        }
+        if invalid.len() > valid {
+            return Err(LoadError::MostlyInvalid {
+                source_name,
+                valid,
+                errors: invalid,
+            });
+        }
+        Ok(Loaded {
+            map,
+            valid,
+            invalid,
+        })
     }
-    Ok(Loaded {
-        map,
-        valid,
-        invalid,
-    })
 }
 
 #[cfg(test)]

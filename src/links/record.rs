@@ -4,9 +4,11 @@
 //! lowercase hosts and slugs, the destination split into parts, the validity window
 //! in milliseconds. The request path then only compares and copies.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -50,40 +52,77 @@ impl LinkKind {
     }
 }
 
+/// Partner, ad and campaign ids, and slugs: at most 24 bytes stay inline, so the
+/// common id costs no allocation.
+pub type Id = compact_str::CompactString;
+
 /// A record that redirects: tracking link, vanity URL, unique domain or fallback.
+/// Kept small, since a map holds millions: the host and the destination are
+/// shared, ids are inline, and the fields few records use are boxed apart.
 #[derive(Debug)]
 pub struct Link {
     pub kind: LinkKind,
-    /// Lowercase, no port, no trailing dot: compared as-is with the normalized `Host`.
-    pub host: Box<str>,
-    /// Vanity only; lowercase, because slugs match case-insensitively.
-    pub slug: Option<Box<str>>,
-    /// Vanity and domain records name their partner; a tracking link's partner comes
-    /// from the request path instead.
-    pub partner_id: Option<Box<str>>,
-    pub campaign_id: Option<Box<str>>,
-    pub ad_id: Option<Box<str>>,
-    pub destination: Destination,
-    /// Hosts a `u=` deep link may point at; empty means every deep link is rejected.
-    pub deeplink_hosts: Box<[HostPattern]>,
-    /// Mobile app settings, kept so records carrying them load (served by a later
-    /// issue).
-    pub app: Option<Value>,
     pub status: RedirectStatus,
     pub forward_query: bool,
+    /// Lowercase, no port, no trailing dot; shared by every record of the host.
+    pub host: Arc<str>,
+    /// Vanity only; lowercase, because slugs match case-insensitively.
+    pub slug: Option<Id>,
+    /// Vanity and domain records name their partner; a tracking link's partner comes
+    /// from the request path instead.
+    pub partner_id: Option<Id>,
+    pub campaign_id: Option<Id>,
+    pub ad_id: Option<Id>,
+    /// Shared by every record with the same `url`.
+    pub destination: Arc<Destination>,
+    extras: Option<Box<LinkExtras>>,
+}
+
+/// What few records carry.
+#[derive(Debug, Default)]
+struct LinkExtras {
+    /// Hosts a `u=` deep link may point at; empty means every deep link is rejected.
+    deeplink_hosts: Box<[HostPattern]>,
+    /// Mobile app settings, kept so records carrying them load.
+    app: Option<Value>,
     /// Per-record override of `--click-id-param`.
-    pub click_id_param: Option<Box<str>>,
+    click_id_param: Option<Box<str>>,
     /// Validity window in Unix milliseconds, inclusive start, exclusive end.
-    pub valid_from_ms: Option<i64>,
-    pub valid_until_ms: Option<i64>,
+    valid_from_ms: Option<i64>,
+    valid_until_ms: Option<i64>,
 }
 
 impl Link {
     /// Whether the record is in service at `now_ms`; outside its window a request is
     /// treated as unmatched.
     pub fn is_valid_at(&self, now_ms: i64) -> bool {
-        self.valid_from_ms.is_none_or(|from| now_ms >= from)
-            && self.valid_until_ms.is_none_or(|until| now_ms < until)
+        let Some(extras) = &self.extras else {
+            return true;
+        };
+        extras.valid_from_ms.is_none_or(|from| now_ms >= from)
+            && extras.valid_until_ms.is_none_or(|until| now_ms < until)
+    }
+
+    pub fn deeplink_hosts(&self) -> &[HostPattern] {
+        self.extras.as_ref().map_or(&[], |e| &e.deeplink_hosts)
+    }
+
+    pub fn click_id_param(&self) -> Option<&str> {
+        self.extras
+            .as_ref()
+            .and_then(|e| e.click_id_param.as_deref())
+    }
+
+    pub fn app(&self) -> Option<&Value> {
+        self.extras.as_ref().and_then(|e| e.app.as_ref())
+    }
+
+    pub fn valid_from_ms(&self) -> Option<i64> {
+        self.extras.as_ref().and_then(|e| e.valid_from_ms)
+    }
+
+    pub fn valid_until_ms(&self) -> Option<i64> {
+        self.extras.as_ref().and_then(|e| e.valid_until_ms)
     }
 }
 
@@ -221,16 +260,17 @@ impl Record {
                 host: site.host.clone(),
             },
             Record::Link(link) => {
-                let host = link.host.clone();
+                let host: Box<str> = (*link.host).into();
+                let text = |id: &Option<Id>| Box::<str>::from(id.as_deref().unwrap_or_default());
                 match link.kind {
                     LinkKind::Tracking => RecordKey::Tracking {
                         host,
-                        campaign_id: link.campaign_id.clone().unwrap_or_default(),
-                        ad_id: link.ad_id.clone().unwrap_or_default(),
+                        campaign_id: text(&link.campaign_id),
+                        ad_id: text(&link.ad_id),
                     },
                     LinkKind::Vanity => RecordKey::Vanity {
                         host,
-                        slug: link.slug.clone().unwrap_or_default(),
+                        slug: text(&link.slug),
                     },
                     LinkKind::Domain => RecordKey::Domain { host },
                     LinkKind::Fallback => RecordKey::Fallback { host },
@@ -257,30 +297,319 @@ fn invalid(reason: impl Into<String>) -> RecordError {
     RecordError(reason.into())
 }
 
+/// Shares hosts and destinations between the records of one load, so a million
+/// links to a thousand landing pages hold a thousand destinations. Destinations
+/// are found by the hash of their `url` and checked against it, so the cache
+/// holds no second copy of the text.
+#[derive(Debug, Default)]
+pub struct LoadCache {
+    hosts: hashbrown::HashMap<Box<str>, Arc<str>>,
+    destinations: hashbrown::HashMap<u64, Arc<Destination>>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl LoadCache {
+    fn host(&mut self, host: &str) -> Arc<str> {
+        if let Some(shared) = self.hosts.get(host) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = host.into();
+        self.hosts.insert(host.into(), shared.clone());
+        shared
+    }
+
+    fn destination(&mut self, url: &str) -> Result<Arc<Destination>, RecordError> {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(url);
+        if let Some(shared) = self.destinations.get(&hash) {
+            // The URL parser may normalize; only an exact match is shared.
+            if shared.as_str() == url {
+                return Ok(shared.clone());
+            }
+        }
+        let parsed = Arc::new(
+            Destination::parse(url).map_err(|reason| invalid(format!("field `url`: {reason}")))?,
+        );
+        self.destinations.insert(hash, parsed.clone());
+        Ok(parsed)
+    }
+}
+
 /// Parses one NDJSON line into a validated record.
 pub fn parse_record(line: &str) -> Result<Record, RecordError> {
+    parse_record_with(line, &mut LoadCache::default())
+}
+
+/// Parses one NDJSON line, sharing hosts and destinations through `cache`.
+pub fn parse_record_with(line: &str, cache: &mut LoadCache) -> Result<Record, RecordError> {
+    // Fast path: borrow the strings straight from the line. Anything unusual (a
+    // wrong type, bad JSON) goes the slow way, which names the field at fault.
+    if let Ok(raw) = serde_json::from_str::<RawRecord<'_>>(line) {
+        if let Ok(fields) = raw.into_fields() {
+            return validate(fields, cache);
+        }
+    }
     let value: Value =
         serde_json::from_str(line).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
     let Value::Object(obj) = value else {
         return Err(invalid("a record must be a JSON object"));
     };
-    record_from_object(&obj)
+    validate(Fields::from_object(&obj)?, cache)
 }
 
 /// Validates a record already parsed as a JSON object.
 pub fn record_from_object(obj: &Map<String, Value>) -> Result<Record, RecordError> {
-    let kind = match obj.get("type") {
-        None => return Err(invalid("missing field `type`")),
-        Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Err(invalid("field `type` must be a string")),
-    };
-    let host = normalize_record_host(required_str(obj, "host")?)?;
+    validate(Fields::from_object(obj)?, &mut LoadCache::default())
+}
+
+/// A record's fields with their JSON types checked, not yet their values.
+#[derive(Default)]
+struct Fields<'a> {
+    kind: Option<Cow<'a, str>>,
+    host: Option<Cow<'a, str>>,
+    slug: Option<Cow<'a, str>>,
+    url: Option<Cow<'a, str>>,
+    partner_id: Option<Cow<'a, str>>,
+    campaign_id: Option<Cow<'a, str>>,
+    ad_id: Option<Cow<'a, str>>,
+    deeplink_hosts: Option<Vec<Cow<'a, str>>>,
+    app: Option<Value>,
+    status: Option<Value>,
+    forward_query: Option<bool>,
+    click_id_param: Option<Cow<'a, str>>,
+    valid_from: Option<Cow<'a, str>>,
+    valid_until: Option<Cow<'a, str>>,
+    apple_app_site_association: Option<Cow<'a, str>>,
+    assetlinks: Option<Cow<'a, str>>,
+}
+
+/// The fast path's shape: strings borrowed from the line where they need no
+/// unescaping; other values kept raw and looked at only if present.
+#[derive(serde::Deserialize)]
+struct RawRecord<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    host: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    slug: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    url: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    partner_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    campaign_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ad_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    deeplink_hosts: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    app: Option<&'a RawValue>,
+    status: Option<u16>,
+    forward_query: Option<bool>,
+    #[serde(borrow)]
+    click_id_param: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    valid_from: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    valid_until: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    apple_app_site_association: Option<&'a RawValue>,
+    #[serde(borrow)]
+    assetlinks: Option<&'a RawValue>,
+}
+
+impl<'a> RawRecord<'a> {
+    /// `Err` sends the record down the slow path for a precise reason.
+    fn into_fields(self) -> Result<Fields<'a>, ()> {
+        // An id is a string or a bare integer.
+        let id = |raw: Option<&'a RawValue>| -> Result<Option<Cow<'a, str>>, ()> {
+            let Some(raw) = raw else { return Ok(None) };
+            let text = raw.get();
+            if text.starts_with('"') {
+                serde_json::from_str::<Cow<'a, str>>(text)
+                    .map(Some)
+                    .map_err(|_| ())
+            } else if text.bytes().all(|b| b.is_ascii_digit()) {
+                Ok(Some(Cow::Borrowed(text)))
+            } else {
+                Err(())
+            }
+        };
+        let json_text =
+            |raw: Option<&'a RawValue>, open: char| -> Result<Option<Cow<'a, str>>, ()> {
+                match raw {
+                    None => Ok(None),
+                    Some(raw) if raw.get().starts_with(open) => Ok(Some(Cow::Borrowed(raw.get()))),
+                    Some(_) => Err(()),
+                }
+            };
+        let app = match self.app {
+            None => None,
+            Some(raw) => Some(serde_json::from_str::<Value>(raw.get()).map_err(|_| ())?),
+        };
+        Ok(Fields {
+            kind: self.kind,
+            host: self.host,
+            slug: self.slug,
+            url: self.url,
+            partner_id: id(self.partner_id)?,
+            campaign_id: id(self.campaign_id)?,
+            ad_id: id(self.ad_id)?,
+            deeplink_hosts: self.deeplink_hosts,
+            app,
+            status: self.status.map(Value::from),
+            forward_query: self.forward_query,
+            click_id_param: self.click_id_param,
+            valid_from: self.valid_from,
+            valid_until: self.valid_until,
+            apple_app_site_association: json_text(self.apple_app_site_association, '{')?,
+            assetlinks: json_text(self.assetlinks, '[')?,
+        })
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// The slow path: every field's JSON type checked, with a reason naming it.
+    fn from_object(obj: &'a Map<String, Value>) -> Result<Fields<'a>, RecordError> {
+        let string = |field: &str| -> Result<Option<Cow<'a, str>>, RecordError> {
+            match obj.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(Cow::Borrowed(s.as_str()))),
+                Some(_) if field == "type" => Err(invalid("field `type` must be a string")),
+                Some(_) => Err(invalid(format!("field `{field}` must be a string"))),
+            }
+        };
+        let id = |field: &str| -> Result<Option<Cow<'a, str>>, RecordError> {
+            match obj.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(Cow::Borrowed(s.as_str()))),
+                Some(Value::Number(n)) if n.is_u64() => Ok(Some(Cow::Owned(n.to_string()))),
+                Some(_) => Err(invalid(format!("field `{field}` must be a string"))),
+            }
+        };
+        let deeplink_hosts = match obj.get("deeplink_hosts") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|item| match item {
+                        Value::String(s) => Ok(Cow::Borrowed(s.as_str())),
+                        _ => Err(invalid(
+                            "field `deeplink_hosts` must be an array of host names",
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(_) => {
+                return Err(invalid(
+                    "field `deeplink_hosts` must be an array of host names",
+                ))
+            }
+        };
+        let app = match obj.get("app") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(_) => return Err(invalid("field `app` must be an object")),
+        };
+        let forward_query = match obj.get("forward_query") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => return Err(invalid("field `forward_query` must be true or false")),
+        };
+        let apple_app_site_association = match obj.get("apple_app_site_association") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(Cow::Owned(v.to_string())),
+            Some(_) => {
+                return Err(invalid(
+                    "field `apple_app_site_association` must be a JSON object",
+                ))
+            }
+        };
+        let assetlinks = match obj.get("assetlinks") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Array(_)) => Some(Cow::Owned(v.to_string())),
+            Some(_) => return Err(invalid("field `assetlinks` must be a JSON array")),
+        };
+        let valid_time = |field: &str| -> Result<Option<Cow<'a, str>>, RecordError> {
+            match obj.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(Cow::Borrowed(s.as_str()))),
+                Some(_) => Err(invalid(format!(
+                    "field `{field}` must be an RFC 3339 time string"
+                ))),
+            }
+        };
+        Ok(Fields {
+            kind: string("type")?,
+            host: string("host")?,
+            slug: string("slug")?,
+            url: string("url")?,
+            partner_id: id("partner_id")?,
+            campaign_id: id("campaign_id")?,
+            ad_id: id("ad_id")?,
+            deeplink_hosts,
+            app,
+            status: obj.get("status").filter(|v| !v.is_null()).cloned(),
+            forward_query,
+            click_id_param: match obj.get("click_id_param") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(Cow::Borrowed(s.as_str())),
+                Some(_) => {
+                    return Err(invalid(
+                        "field `click_id_param` must be 1-64 characters of [A-Za-z0-9_.-]",
+                    ))
+                }
+            },
+            valid_from: valid_time("valid_from")?,
+            valid_until: valid_time("valid_until")?,
+            apple_app_site_association,
+            assetlinks,
+        })
+    }
+}
+
+fn required<'f>(value: &'f Option<Cow<'_, str>>, field: &str) -> Result<&'f str, RecordError> {
+    value
+        .as_deref()
+        .ok_or_else(|| invalid(format!("missing field `{field}`")))
+}
+
+fn required_valid_id(value: &Option<Cow<'_, str>>, field: &str) -> Result<Id, RecordError> {
+    let text = required(value, field)?;
+    if !is_valid_id(text) {
+        return Err(invalid(format!(
+            "field `{field}` {text:?} is not an id: 1-64 characters of [A-Za-z0-9_-]"
+        )));
+    }
+    Ok(Id::new(text))
+}
+
+/// Checks the values and builds the record.
+fn validate(fields: Fields<'_>, cache: &mut LoadCache) -> Result<Record, RecordError> {
+    let kind = required(&fields.kind, "type")?;
+    let host = normalize_record_host(required(&fields.host, "host")?)?;
     let kind = match kind {
         "tracking" => LinkKind::Tracking,
         "vanity" => LinkKind::Vanity,
         "domain" => LinkKind::Domain,
         "fallback" => LinkKind::Fallback,
-        "app_site" => return app_site_from_object(obj, host),
+        "app_site" => {
+            let aasa = fields
+                .apple_app_site_association
+                .map(|t| t.into_owned().into_boxed_str());
+            let assetlinks = fields.assetlinks.map(|t| t.into_owned().into_boxed_str());
+            if aasa.is_none() && assetlinks.is_none() {
+                return Err(invalid(
+                    "an app_site record needs `apple_app_site_association` and/or `assetlinks`",
+                ));
+            }
+            return Ok(Record::AppSite(Arc::new(AppSite {
+                host,
+                apple_app_site_association: aasa,
+                assetlinks,
+            })));
+        }
         other => {
             return Err(invalid(format!(
                 "unknown type `{other}` (expected tracking, vanity, domain, fallback or app_site)"
@@ -289,31 +618,23 @@ pub fn record_from_object(obj: &Map<String, Value>) -> Result<Record, RecordErro
     };
 
     let needs_ids = kind != LinkKind::Fallback;
-    let campaign_id = if needs_ids {
-        Some(required_id(obj, "campaign_id")?)
-    } else {
-        None
-    };
-    let ad_id = if needs_ids {
-        Some(required_id(obj, "ad_id")?)
-    } else {
-        None
-    };
-    let partner_id = match kind {
-        LinkKind::Vanity | LinkKind::Domain => Some(required_id(obj, "partner_id")?),
-        _ => None,
-    };
-    let slug = match kind {
-        LinkKind::Vanity => Some(parse_slug(required_str(obj, "slug")?)?),
-        _ => None,
-    };
+    let campaign_id = needs_ids
+        .then(|| required_valid_id(&fields.campaign_id, "campaign_id"))
+        .transpose()?;
+    let ad_id = needs_ids
+        .then(|| required_valid_id(&fields.ad_id, "ad_id"))
+        .transpose()?;
+    let partner_id = matches!(kind, LinkKind::Vanity | LinkKind::Domain)
+        .then(|| required_valid_id(&fields.partner_id, "partner_id"))
+        .transpose()?;
+    let slug = (kind == LinkKind::Vanity)
+        .then(|| parse_slug(required(&fields.slug, "slug")?).map(|s| Id::from(&*s)))
+        .transpose()?;
 
-    let url = required_str(obj, "url")?;
-    let destination =
-        Destination::parse(url).map_err(|reason| invalid(format!("field `url`: {reason}")))?;
+    let destination = cache.destination(required(&fields.url, "url")?)?;
 
-    let status = match obj.get("status") {
-        None | Some(Value::Null) => RedirectStatus::Found,
+    let status = match &fields.status {
+        None => RedirectStatus::Found,
         Some(v) => match v.as_u64() {
             Some(302) => RedirectStatus::Found,
             Some(307) => RedirectStatus::TemporaryRedirect,
@@ -326,95 +647,66 @@ pub fn record_from_object(obj: &Map<String, Value>) -> Result<Record, RecordErro
         },
     };
 
-    // Fallback records only redirect; the optional link fields belong to the others.
-    let deeplink_hosts = match obj.get("deeplink_hosts") {
-        None | Some(Value::Null) => Box::default(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => HostPattern::parse(s)
-                    .map_err(|reason| invalid(format!("field `deeplink_hosts`: {reason}"))),
-                _ => Err(invalid(
-                    "field `deeplink_hosts` must be an array of host names",
-                )),
-            })
-            .collect::<Result<Box<[_]>, _>>()?,
-        Some(_) => {
-            return Err(invalid(
-                "field `deeplink_hosts` must be an array of host names",
-            ))
-        }
-    };
-    let app = match obj.get("app") {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => Some(v.clone()),
-        Some(_) => return Err(invalid("field `app` must be an object")),
-    };
-    let forward_query = match obj.get("forward_query") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid("field `forward_query` must be true or false")),
-    };
-    let click_id_param = match obj.get("click_id_param") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if is_query_name(s) => Some(s.as_str().into()),
+    let deeplink_hosts = fields
+        .deeplink_hosts
+        .unwrap_or_default()
+        .iter()
+        .map(|host| {
+            HostPattern::parse(host)
+                .map_err(|reason| invalid(format!("field `deeplink_hosts`: {reason}")))
+        })
+        .collect::<Result<Box<[_]>, _>>()?;
+    let click_id_param = match fields.click_id_param {
+        None => None,
+        Some(name) if is_query_name(&name) => Some(name.into_owned().into_boxed_str()),
         Some(_) => {
             return Err(invalid(
                 "field `click_id_param` must be 1-64 characters of [A-Za-z0-9_.-]",
             ))
         }
     };
-    let valid_from_ms = optional_time(obj, "valid_from")?;
-    let valid_until_ms = optional_time(obj, "valid_until")?;
+    let valid_from_ms = parse_time(fields.valid_from.as_deref(), "valid_from")?;
+    let valid_until_ms = parse_time(fields.valid_until.as_deref(), "valid_until")?;
     if let (Some(from), Some(until)) = (valid_from_ms, valid_until_ms) {
         if from >= until {
             return Err(invalid("`valid_from` must be before `valid_until`"));
         }
     }
+    let extras = LinkExtras {
+        deeplink_hosts,
+        app: fields.app,
+        click_id_param,
+        valid_from_ms,
+        valid_until_ms,
+    };
+    let has_extras = !extras.deeplink_hosts.is_empty()
+        || extras.app.is_some()
+        || extras.click_id_param.is_some()
+        || extras.valid_from_ms.is_some()
+        || extras.valid_until_ms.is_some();
 
     Ok(Record::Link(Arc::new(Link {
         kind,
-        host,
+        status,
+        forward_query: fields.forward_query.unwrap_or(true),
+        host: cache.host(&host),
         slug,
         partner_id,
         campaign_id,
         ad_id,
         destination,
-        deeplink_hosts,
-        app,
-        status,
-        forward_query,
-        click_id_param,
-        valid_from_ms,
-        valid_until_ms,
+        extras: has_extras.then(|| Box::new(extras)),
     })))
 }
 
-fn app_site_from_object(obj: &Map<String, Value>, host: Box<str>) -> Result<Record, RecordError> {
-    let apple_app_site_association = match obj.get("apple_app_site_association") {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => Some(v.to_string().into_boxed_str()),
-        Some(_) => {
-            return Err(invalid(
-                "field `apple_app_site_association` must be a JSON object",
-            ))
-        }
-    };
-    let assetlinks = match obj.get("assetlinks") {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Array(_)) => Some(v.to_string().into_boxed_str()),
-        Some(_) => return Err(invalid("field `assetlinks` must be a JSON array")),
-    };
-    if apple_app_site_association.is_none() && assetlinks.is_none() {
-        return Err(invalid(
-            "an app_site record needs `apple_app_site_association` and/or `assetlinks`",
-        ));
-    }
-    Ok(Record::AppSite(Arc::new(AppSite {
-        host,
-        apple_app_site_association,
-        assetlinks,
-    })))
+fn parse_time(text: Option<&str>, field: &str) -> Result<Option<i64>, RecordError> {
+    let Some(text) = text else { return Ok(None) };
+    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+        invalid(format!(
+            "field `{field}` {text:?} is not an RFC 3339 time: {e}"
+        ))
+    })?;
+    Ok(Some((t.unix_timestamp_nanos() / 1_000_000) as i64))
 }
 
 fn required_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, RecordError> {
@@ -439,23 +731,6 @@ fn required_id(obj: &Map<String, Value>, field: &str) -> Result<Box<str>, Record
         )));
     }
     Ok(text.into_boxed_str())
-}
-
-fn optional_time(obj: &Map<String, Value>, field: &str) -> Result<Option<i64>, RecordError> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
-            let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
-                invalid(format!(
-                    "field `{field}` {s:?} is not an RFC 3339 time: {e}"
-                ))
-            })?;
-            Ok(Some((t.unix_timestamp_nanos() / 1_000_000) as i64))
-        }
-        Some(_) => Err(invalid(format!(
-            "field `{field}` must be an RFC 3339 time string"
-        ))),
-    }
 }
 
 /// Partner, ad and campaign ids: 1–64 characters of `[A-Za-z0-9_-]`.
@@ -633,8 +908,8 @@ mod tests {
         let l = link(
             r#"{"type":"fallback","host":"a.io","url":"https://a.com","valid_from":"2026-01-01T00:00:00Z","valid_until":"2026-01-02T00:00:00Z"}"#,
         );
-        let from = l.valid_from_ms.unwrap();
-        let until = l.valid_until_ms.unwrap();
+        let from = l.valid_from_ms().unwrap();
+        let until = l.valid_until_ms().unwrap();
         assert_eq!(until - from, 86_400_000);
         assert!(!l.is_valid_at(from - 1));
         assert!(l.is_valid_at(from));
@@ -647,7 +922,7 @@ mod tests {
         let l = link(
             r#"{"type":"tracking","host":"a.io","campaign_id":"1","ad_id":"2","url":"https://a.com","app":{"ios_url":"https://apps.apple.com/app/id1","interstitial":true}}"#,
         );
-        assert_eq!(l.app.as_ref().unwrap()["interstitial"], Value::Bool(true));
+        assert_eq!(l.app().unwrap()["interstitial"], Value::Bool(true));
     }
 
     #[test]

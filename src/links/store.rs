@@ -12,7 +12,7 @@
 //! them permanent in the file or the topic).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
 
@@ -68,7 +68,7 @@ impl LinkStore {
         }
         writer.file = file;
         let next = Arc::new(next);
-        self.current.store(next.clone());
+        retire(self.current.swap(next.clone()));
         next
     }
 
@@ -86,8 +86,41 @@ impl LinkStore {
             writer.changes.insert(key, change);
         }
         let next = Arc::new(next);
-        self.current.store(next.clone());
+        retire(self.current.swap(next.clone()));
         (next, deleted)
+    }
+}
+
+/// Frees replaced maps on a thread of their own. Left to chance, the last request
+/// holding a map would free millions of records in the middle of a request; and a
+/// writer need not wait for readers either.
+fn retire(old: Arc<LinkMap>) {
+    static REAPER: OnceLock<Mutex<mpsc::Sender<Arc<LinkMap>>>> = OnceLock::new();
+    let reaper = REAPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Arc<LinkMap>>();
+        let spawned = std::thread::Builder::new()
+            .name("link-map-reaper".into())
+            .spawn(move || {
+                for map in rx {
+                    // Readers hold a map for one request: this wait is short. Past
+                    // the bound, let the last holder free it rather than stall.
+                    let bound = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while Arc::strong_count(&map) > 1 && std::time::Instant::now() < bound {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    drop(map);
+                }
+            });
+        if spawned.is_err() {
+            tracing::warn!(
+                message = "Cannot start the link map reaper; old maps are freed where they fall."
+            );
+        }
+        Mutex::new(tx)
+    });
+    if let Ok(reaper) = reaper.lock() {
+        // If the reaper is gone, the map is simply dropped here.
+        let _ = reaper.send(old);
     }
 }
 

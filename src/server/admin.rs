@@ -61,11 +61,23 @@ where
                 Ok(body) => body,
                 Err(response) => return *response,
             };
-            if method == Method::PUT {
-                upsert_links(state, &body)
-            } else {
-                delete_links(state, &body)
-            }
+            // Building and swapping the next map is a writer's work: off the runtime.
+            let writing = state.clone();
+            let put = method == Method::PUT;
+            let written = tokio::task::spawn_blocking(move || {
+                if put {
+                    upsert_links(&writing, &body)
+                } else {
+                    delete_links(&writing, &body)
+                }
+            })
+            .await;
+            written.unwrap_or_else(|_| {
+                json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"error": "the links update task panicked"}),
+                )
+            })
         }
         ("/admin/links", _) => not_allowed("PUT, DELETE"),
         ("/admin/reload", &Method::POST) => {
@@ -314,15 +326,12 @@ fn resolve_url(state: &AppState, query: Option<&str>) -> Response<Body> {
             let deeplink = query
                 .deeplink
                 .as_deref()
-                .map(|u| crate::destination::accept_deeplink(u, &link.deeplink_hosts));
+                .map(|u| crate::destination::accept_deeplink(u, link.deeplink_hosts()));
             let destination = match &deeplink {
                 Some(Some(accepted)) => accepted,
                 _ => &link.destination,
             };
-            let param = link
-                .click_id_param
-                .as_deref()
-                .unwrap_or(&state.click_id_param);
+            let param = link.click_id_param().unwrap_or(&state.click_id_param);
             let mut location = String::new();
             destination.write_location(
                 &query,

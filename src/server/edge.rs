@@ -149,15 +149,12 @@ impl<B> Click<'_, B> {
         let deeplink = query
             .deeplink
             .as_deref()
-            .map(|u| accept_deeplink(u, &link.deeplink_hosts));
+            .map(|u| accept_deeplink(u, link.deeplink_hosts()));
         let destination = match &deeplink {
             Some(Some(accepted)) => accepted,
             _ => &link.destination,
         };
-        let click_id_param = link
-            .click_id_param
-            .as_deref()
-            .unwrap_or(&state.click_id_param);
+        let click_id_param = link.click_id_param().unwrap_or(&state.click_id_param);
         let mut location = String::with_capacity(256);
         destination.write_location(
             &query,

@@ -252,6 +252,7 @@ impl Running {
     }
 
     pub fn signal(mut self, signal: &str) -> i32 {
+        // Drop still runs afterwards; killing an exited child is harmless.
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args([signal, &pid])
@@ -260,6 +261,14 @@ impl Running {
             .success());
         let status = self.child.wait().unwrap();
         status.code().unwrap_or(-1)
+    }
+}
+
+/// A test that fails midway must not leave its edge running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

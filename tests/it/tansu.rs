@@ -36,6 +36,16 @@ fn tansu_binary() -> Option<PathBuf> {
     candidates.into_iter().find(|path| path.is_file())
 }
 
+/// A child process killed if the test ends early.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A tansu broker process, killed on drop.
 struct Broker {
     child: Child,
@@ -120,7 +130,7 @@ async fn clicks_reach_a_real_broker_and_read_back_in_full() {
 
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
-    let mut edge = binary()
+    let edge = binary()
         .args([
             "--http",
             &http.to_string(),
@@ -134,6 +144,7 @@ async fn clicks_reach_a_real_broker_and_read_back_in_full() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let mut edge = KillOnDrop(edge);
 
     // Ready means the broker answered for the topic.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -171,14 +182,14 @@ async fn clicks_reach_a_real_broker_and_read_back_in_full() {
         served.push(r.click_id(param));
     }
 
-    let pid = edge.id().to_string();
+    let pid = edge.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
     assert_eq!(
-        edge.wait().unwrap().code(),
+        edge.0.wait().unwrap().code(),
         Some(0),
         "SIGTERM exits 0 after the flush"
     );
