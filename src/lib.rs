@@ -8,6 +8,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod background;
 pub mod click_id;
 pub mod config;
 pub mod consume;

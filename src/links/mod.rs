@@ -123,24 +123,109 @@ impl fmt::Display for LinksSource {
     }
 }
 
+/// Loads a links file. Blocks of lines are parsed on every core while this thread
+/// applies the results in file order, so a later record with the same key still
+/// replaces an earlier one.
 pub fn load_file(path: &Path, strict: bool) -> Result<Loaded, LoadError> {
-    use std::io::BufRead;
+    use std::collections::BTreeMap;
+    use std::io::Read;
+
+    const BLOCK: usize = 4 << 20;
     let read_error = |source| LoadError::Read {
         path: path.to_owned(),
         source,
     };
-    // Streamed a line at a time: the file is never held whole in memory.
-    let file = std::fs::File::open(path).map_err(read_error)?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+
     let mut loader = Loader::default();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).map_err(read_error)? == 0 {
-            break;
+    let read = std::thread::scope(|scope| -> std::io::Result<()> {
+        // (block number, number of its first line, whole lines)
+        let (blocks_tx, blocks_rx) =
+            crossbeam_channel::bounded::<(usize, usize, Vec<u8>)>(workers * 2);
+        let (parsed_tx, parsed_rx) = crossbeam_channel::bounded::<(
+            usize,
+            Vec<(usize, Result<Record, RecordError>)>,
+        )>(workers * 2);
+        for _ in 0..workers {
+            let (blocks, parsed) = (blocks_rx.clone(), parsed_tx.clone());
+            scope.spawn(move || {
+                let mut cache = LoadCache::default();
+                for (number, first_line, bytes) in blocks {
+                    let records = bytes
+                        .split(|b| *b == b'\n')
+                        .enumerate()
+                        .filter_map(|(i, line)| {
+                            let line_number = first_line + i;
+                            let Ok(line) = std::str::from_utf8(line) else {
+                                return Some((
+                                    line_number,
+                                    Err(RecordError("not valid UTF-8".into())),
+                                ));
+                            };
+                            let line = line.trim();
+                            (!line.is_empty() && !line.starts_with('#'))
+                                .then(|| (line_number, parse_record_with(line, &mut cache)))
+                        })
+                        .collect();
+                    if parsed.send((number, records)).is_err() {
+                        return;
+                    }
+                }
+            });
         }
-        loader.line(&line);
-    }
+        drop((blocks_rx, parsed_tx));
+
+        // The reader: blocks cut at the last newline, the rest carried over.
+        let reader = scope.spawn(move || -> std::io::Result<()> {
+            let mut carry: Vec<u8> = Vec::new();
+            let (mut number, mut first_line) = (0, 1);
+            loop {
+                let mut block = std::mem::take(&mut carry);
+                let start = block.len();
+                block.resize(start + BLOCK, 0);
+                let n = file.read(&mut block[start..])?;
+                block.truncate(start + n);
+                let at_end = n == 0;
+                // Whole lines go now; a partial last line waits for the next read.
+                let cut = if at_end {
+                    block.len()
+                } else {
+                    block.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+                };
+                carry = block.split_off(cut);
+                if !block.is_empty() {
+                    let lines = block.iter().filter(|b| **b == b'\n').count();
+                    if blocks_tx.send((number, first_line, block)).is_err() {
+                        return Ok(());
+                    }
+                    number += 1;
+                    first_line += lines;
+                }
+                if at_end {
+                    return Ok(());
+                }
+            }
+        });
+
+        let mut waiting = BTreeMap::new();
+        let mut next = 0;
+        for (number, records) in parsed_rx {
+            waiting.insert(number, records);
+            while let Some(records) = waiting.remove(&next) {
+                for (line_number, record) in records {
+                    loader.accept(line_number, record);
+                }
+                next += 1;
+            }
+        }
+        reader
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the reader panicked")))
+    });
+    read.map_err(read_error)?;
     loader.finish(&path.display().to_string(), strict)
 }
 
@@ -170,15 +255,17 @@ impl Loader {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             return;
         }
-        match parse_record_with(trimmed, &mut self.cache) {
+        let record = parse_record_with(trimmed, &mut self.cache);
+        self.accept(self.line_number, record);
+    }
+
+    fn accept(&mut self, line: usize, record: Result<Record, RecordError>) {
+        match record {
             Ok(record) => {
                 self.map.upsert(record);
                 self.valid += 1;
             }
-            Err(reason) => self.invalid.push(LineError {
-                line: self.line_number,
-                reason,
-            }),
+            Err(reason) => self.invalid.push(LineError { line, reason }),
         }
     }
 
@@ -259,6 +346,54 @@ mod tests {
         assert_eq!(err.line_errors().len(), 2);
         // A tie still loads: only outnumbering refuses.
         assert!(load_str(&format!("{GOOD}\nx\n"), "t", false).is_ok());
+    }
+
+    #[test]
+    fn a_file_of_many_blocks_keeps_file_order_and_line_numbers() {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let record = |ad: usize, url: &str| {
+            format!(
+                "{{\"type\":\"tracking\",\"host\":\"a.io\",\"campaign_id\":\"1\",\"ad_id\":\"{ad}\",\"url\":\"{url}\"}}\n"
+            )
+        };
+        // About 20 MB: several blocks. Line 1 and the last line share a key.
+        let mut text = record(0, "https://first.example/");
+        let lines = 200_000;
+        for ad in 1..lines {
+            text.push_str(&record(ad, "https://middle.example/"));
+        }
+        text.push_str("not json\n");
+        text.push_str(&record(0, "https://last.example/"));
+        assert!(text.len() > 3 * (4 << 20));
+        file.write_all(text.as_bytes()).unwrap();
+
+        let loaded = load_file(file.path(), false).unwrap();
+        assert_eq!(loaded.valid, lines + 1);
+        assert_eq!(loaded.map.len(), lines);
+        assert_eq!(loaded.invalid.len(), 1);
+        assert_eq!(
+            loaded.invalid[0].line,
+            lines + 1,
+            "line numbers run across blocks"
+        );
+        let winner = loaded.map.host("a.io").unwrap().tracking("1", "0").unwrap();
+        assert_eq!(
+            winner.destination.as_str(),
+            "https://last.example/",
+            "the later record wins"
+        );
+        let middle = loaded
+            .map
+            .host("a.io")
+            .unwrap()
+            .tracking("1", "100000")
+            .unwrap();
+        assert_eq!(middle.destination.as_str(), "https://middle.example/");
+        // The same text read sequentially agrees.
+        let sequential = load_str(&text, "t", false).unwrap();
+        assert_eq!(sequential.map.len(), loaded.map.len());
+        assert_eq!(sequential.invalid, loaded.invalid);
     }
 
     #[test]

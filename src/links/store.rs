@@ -101,6 +101,7 @@ fn retire(old: Arc<LinkMap>) {
         let spawned = std::thread::Builder::new()
             .name("link-map-reaper".into())
             .spawn(move || {
+                crate::background::lower_this_thread();
                 for map in rx {
                     // Readers hold a map for one request: this wait is short. Past
                     // the bound, let the last holder free it rather than stall.

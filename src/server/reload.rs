@@ -23,7 +23,10 @@ pub struct ReloadError(pub LoadError);
 pub fn reload_links(state: &AppState) -> Result<ReloadReport, ReloadError> {
     // One reload at a time; requests never take this lock.
     let _reloading = state.reload_lock.lock().expect("reload lock");
-    match state.links_source.load(state.strict) {
+    let loaded = crate::background::run_at_low_priority("links-reload", || {
+        state.links_source.load(state.strict)
+    });
+    match loaded {
         Ok(loaded) => {
             for error in &loaded.invalid {
                 warn!(
