@@ -452,11 +452,28 @@ async fn sighup_reloads_the_file() {
     assert_eq!(edge.terminate(), 0);
 }
 
-/// While the map is replaced again and again (reloads, API upserts and deletes of
-/// other keys), a link present in every version never misses.
+/// While the map is replaced again and again (file reloads, links-topic updates,
+/// API upserts and deletes of other keys), a link present in every version never
+/// misses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_in_every_version_never_misses_while_the_map_churns() {
-    let edge = TestEdge::start(LINKS, &["--admin-token", TOKEN]).await;
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    cluster.create_topic("links", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let edge = TestEdge::start(
+        LINKS,
+        &[
+            "--kafka-brokers",
+            &bootstrap,
+            "--links-topic",
+            "links",
+            "--admin-token",
+            TOKEN,
+        ],
+    )
+    .await;
+    edge.wait_ready().await;
     let edge = std::sync::Arc::new(edge);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
@@ -477,19 +494,40 @@ async fn a_link_in_every_version_never_misses_while_the_map_churns() {
             checked
         }));
     }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let vanity = |host: &str, i: usize| {
+        format!(
+            r#"{{"type":"vanity","host":"{host}","slug":"s{i}","partner_id":"1","campaign_id":"1","ad_id":"{i}","url":"https://churn.example/{i}"}}"#
+        )
+    };
     for i in 0..100 {
-        let extra = format!(
-            r#"{{"type":"vanity","host":"churn.io","slug":"s{i}","partner_id":"1","campaign_id":"1","ad_id":"{i}","url":"https://churn.example/{i}"}}"#
-        );
-        std::fs::write(edge.links_path(), format!("{LINKS}\n{extra}\n")).unwrap();
+        std::fs::write(
+            edge.links_path(),
+            format!("{LINKS}\n{}\n", vanity("churn.io", i)),
+        )
+        .unwrap();
         let r = admin(&edge, "POST", "/admin/reload", Some(BEARER), "").await;
         assert_eq!(r.status, 200, "{}", r.body);
+        let key = format!("vanity|topic-churn.io|s{i}");
+        let value = vanity("topic-churn.io", i);
+        producer
+            .send(
+                BaseRecord::<str, str>::to("links")
+                    .key(&key)
+                    .payload(&value),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.poll(Duration::ZERO);
         admin(
             &edge,
             "PUT",
             "/admin/links",
             Some(BEARER),
-            &extra.replace("churn.io", "api-churn.io"),
+            &vanity("api-churn.io", i),
         )
         .await;
         let key =
@@ -497,6 +535,8 @@ async fn a_link_in_every_version_never_misses_while_the_map_churns() {
                 .to_string();
         admin(&edge, "DELETE", "/admin/links", Some(BEARER), &key).await;
     }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    wait_status(&edge, "topic-churn.io", "/s99", 302).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut checked = 0;
     for reader in readers {
@@ -504,4 +544,6 @@ async fn a_link_in_every_version_never_misses_while_the_map_churns() {
     }
     assert!(checked > 100, "readers ran throughout: {checked}");
     assert_eq!(edge.get("churn.io", "/s99").await.status, 302);
+    assert_eq!(edge.get("api-churn.io", "/s99").await.status, 302);
+    assert_eq!(edge.get("api-churn.io", "/s98").await.status, 404);
 }
