@@ -46,6 +46,17 @@ pub struct RunArgs {
     )]
     pub http: String,
 
+    /// Address of the HTTPS listener (on when --tls-certs is given; default
+    /// 127.0.0.1:8443 then).
+    #[arg(long, env = "CLICKEDGE_HTTPS", value_name = "ADDR")]
+    pub https: Option<String>,
+
+    /// Directory of certificates: NAME.crt + NAME.key pairs, or folders holding
+    /// tls.crt + tls.key (mounted Kubernetes TLS Secrets). Chosen by SNI against
+    /// the names inside them; reloaded on SIGHUP and when the files change.
+    #[arg(long, env = "CLICKEDGE_TLS_CERTS", value_name = "DIR")]
+    pub tls_certs: Option<PathBuf>,
+
     /// Address of the admin listener (/metrics, /healthz, /readyz).
     #[arg(
         long,
@@ -177,6 +188,8 @@ pub struct RunArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http: SocketAddr,
+    /// The HTTPS listener and its certificate directory, when TLS is on.
+    pub https: Option<(SocketAddr, PathBuf)>,
     pub admin: SocketAddr,
     pub links: LinksSource,
     pub strict: bool,
@@ -199,6 +212,8 @@ pub enum ConfigError {
     KafkaOption(String),
     #[error("{0:?} is not a Kafka topic name (1-249 characters of [A-Za-z0-9._-])")]
     Topic(String),
+    #[error("--https needs --tls-certs (a directory of certificates)")]
+    HttpsWithoutCerts,
     #[error("--admin-token must be at least 16 characters")]
     AdminToken,
     #[error("--kafka-brokers is empty")]
@@ -228,6 +243,14 @@ impl Config {
         };
         let http = address("http", &args.http)?;
         let admin = address("admin", &args.admin)?;
+        let https = match (&args.https, args.tls_certs) {
+            (_, Some(dir)) => Some((
+                address("https", args.https.as_deref().unwrap_or("127.0.0.1:8443"))?,
+                dir,
+            )),
+            (Some(_), None) => return Err(ConfigError::HttpsWithoutCerts),
+            (None, None) => None,
+        };
 
         let brokers = match args.kafka_brokers {
             Some(b) if b.trim().is_empty() => return Err(ConfigError::Brokers),
@@ -276,6 +299,7 @@ impl Config {
 
         Ok(Config {
             http,
+            https,
             admin,
             links: args.links.map_or(LinksSource::Sample, LinksSource::File),
             strict: args.strict,

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod server;
 pub mod signal;
 pub mod sink;
+pub mod tls;
 pub mod useragent;
 
 pub use config::{Config, ConfigError};

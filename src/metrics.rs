@@ -30,6 +30,8 @@ pub const LINKS_LAST_RELOAD_TIMESTAMP_SECONDS: &str =
     "clickedge_links_last_reload_timestamp_seconds";
 pub const CONNECTIONS_ACTIVE: &str = "clickedge_connections_active";
 pub const BUILD_INFO: &str = "clickedge_build_info";
+pub const TLS_CERTIFICATES: &str = "clickedge_tls_certificates";
+pub const TLS_RELOADS_TOTAL: &str = "clickedge_tls_reloads_total";
 
 /// Redirects are answered in tens of microseconds; the upper buckets catch stalls.
 const DURATION_BUCKETS: &[f64] = &[
@@ -150,6 +152,7 @@ const STATUSES: [(u16, &str); 7] = [
 pub enum Listener {
     Http,
     Admin,
+    Https,
 }
 
 const REQUEST_SLOTS: usize = RequestType::COUNT * Outcome::COUNT * STATUSES.len();
@@ -171,7 +174,10 @@ pub struct Metrics {
     reloads_success: Counter,
     reloads_error: Counter,
     last_reload: Gauge,
-    connections: [Gauge; 2],
+    connections: [Gauge; 3],
+    tls_certificates: Gauge,
+    tls_reloads_success: Counter,
+    tls_reloads_error: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -200,7 +206,8 @@ impl Metrics {
             EventResult::ALL.map(|r| counter(CLICK_EVENTS_TOTAL, &[("result", r.as_str())]));
         let links = ["tracking", "vanity", "domain", "fallback", "app_site"]
             .map(|t| gauge(LINKS, &[("type", t)]));
-        let connections = ["http", "admin"].map(|l| gauge(CONNECTIONS_ACTIVE, &[("listener", l)]));
+        let connections =
+            ["http", "admin", "https"].map(|l| gauge(CONNECTIONS_ACTIVE, &[("listener", l)]));
         gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         let metrics = Metrics {
             requests: (0..REQUEST_SLOTS).map(|_| OnceLock::new()).collect(),
@@ -220,6 +227,9 @@ impl Metrics {
             reloads_error: counter(LINKS_RELOADS_TOTAL, &[("result", "error")]),
             last_reload: gauge(LINKS_LAST_RELOAD_TIMESTAMP_SECONDS, &[]),
             connections,
+            tls_certificates: gauge(TLS_CERTIFICATES, &[]),
+            tls_reloads_success: counter(TLS_RELOADS_TOTAL, &[("result", "success")]),
+            tls_reloads_error: counter(TLS_RELOADS_TOTAL, &[("result", "error")]),
             handle,
             recorder,
         };
@@ -280,6 +290,17 @@ impl Metrics {
 
     pub fn links_load_failed(&self) {
         self.reloads_error.increment(1);
+    }
+
+    /// Records a (re)load of the certificate directory.
+    pub fn tls_loaded(&self, certificates: Option<usize>) {
+        match certificates {
+            Some(count) => {
+                self.tls_certificates.set(count as f64);
+                self.tls_reloads_success.increment(1);
+            }
+            None => self.tls_reloads_error.increment(1),
+        }
     }
 
     pub fn connection_opened(&self, listener: Listener) {

@@ -41,7 +41,11 @@ where
     let method = request.method().clone();
     match (path.as_str(), &method) {
         ("/metrics", &Method::GET) => {
-            let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            let mut text = state.metrics.render();
+            if let Some(certs) = &state.certs {
+                certs.render_expiry(&mut text);
+            }
+            let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

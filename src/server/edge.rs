@@ -30,9 +30,15 @@ const X_ROBOTS_TAG: &str = "x-robots-tag";
 type Body = Full<Bytes>;
 
 /// Answers one edge request and counts it.
-pub fn handle<B>(state: &AppState, request: &Request<B>, peer: SocketAddr) -> Response<Body> {
+/// `secure`: the request came over TLS (cookie `Secure`, event `scheme: "https"`).
+pub fn handle<B>(
+    state: &AppState,
+    request: &Request<B>,
+    peer: SocketAddr,
+    secure: bool,
+) -> Response<Body> {
     let started = Instant::now();
-    let (response, kind, outcome) = answer(state, request, peer);
+    let (response, kind, outcome) = answer(state, request, peer, secure);
     state.metrics.request(
         kind,
         outcome,
@@ -46,6 +52,7 @@ fn answer<B>(
     state: &AppState,
     request: &Request<B>,
     peer: SocketAddr,
+    secure: bool,
 ) -> (Response<Body>, RequestType, Outcome) {
     let method = request.method();
     if method != Method::GET && method != Method::HEAD {
@@ -108,6 +115,7 @@ fn answer<B>(
                 now,
                 link,
                 partner_id,
+                secure,
             };
             (click.redirect(), request_type(link.kind), Outcome::Redirect)
         }
@@ -124,6 +132,7 @@ struct Click<'a, B> {
     now: SystemTime,
     link: &'a Link,
     partner_id: Option<&'a str>,
+    secure: bool,
 }
 
 impl<B> Click<'_, B> {
@@ -179,7 +188,7 @@ impl<B> Click<'_, B> {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex"));
         if let (Some(visitor), true) = (&visitor, new_visitor) {
-            if let Ok(cookie) = HeaderValue::from_str(&visitor_set_cookie(visitor, false)) {
+            if let Ok(cookie) = HeaderValue::from_str(&visitor_set_cookie(visitor, self.secure)) {
                 headers.insert(SET_COOKIE, cookie);
             }
         }
@@ -255,7 +264,7 @@ impl<B> Click<'_, B> {
             device: client.device.as_str(),
             os: client.os.as_str(),
             bot: client.bot,
-            scheme: "http",
+            scheme: if self.secure { "https" } else { "http" },
             node: &self.state.node_id,
         };
         // One visitor's clicks share a key, so they stay ordered on one partition.

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::links::{LinkStore, LinksSource, Loaded};
 use crate::metrics::{Listener, Metrics};
 use crate::sink::EventSink;
+use crate::tls::CertStore;
 use crate::useragent::Classifier;
 
 /// Slow clients get this long to send their request headers.
@@ -62,11 +63,15 @@ pub struct AppState {
     pub visitor_cookie: bool,
     /// Set at the start of shutdown: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
+    /// The certificates of the HTTPS listener, when TLS is on.
+    pub certs: Option<Arc<CertStore>>,
 }
 
 pub struct Server {
     state: Arc<AppState>,
     http: TcpListener,
+    /// With the TLS acceptor built from the certificate store.
+    https: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     admin: TcpListener,
     shutdown_timeout: Duration,
     links_topic: Option<LinksTopic>,
@@ -99,6 +104,25 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on --admin {}", config.admin))?;
 
+        let (https, certs) = match &config.https {
+            None => (None, None),
+            Some((address, dir)) => {
+                let (store, errors) = CertStore::load(dir)
+                    .with_context(|| format!("cannot read --tls-certs {}", dir.display()))?;
+                report_cert_errors(&errors);
+                let count = store.index().certs.len();
+                metrics.tls_loaded(Some(count));
+                info!(message = "Certificates loaded.", dir = %dir.display(), certificates = count, skipped = errors.len());
+                let acceptor = tokio_rustls::TlsAcceptor::from(
+                    crate::tls::server_config(store.clone()).context("TLS configuration")?,
+                );
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on --https {address}"))?;
+                (Some((listener, acceptor)), Some(store))
+            }
+        };
+
         let links_topic = config.kafka.links_topic.clone().map(|topic| LinksTopic {
             topic,
             bootstrap: sink.bootstrap().to_owned(),
@@ -118,10 +142,12 @@ impl Server {
             click_id_param: config.click_id_param.into(),
             visitor_cookie: config.visitor_cookie,
             draining: AtomicBool::new(false),
+            certs,
         });
         Ok(Server {
             state,
             http,
+            https,
             admin,
             shutdown_timeout: config.shutdown_timeout,
             links_topic,
@@ -132,6 +158,11 @@ impl Server {
         self.http
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The HTTPS listener's address, when TLS is on.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -151,6 +182,7 @@ impl Server {
         let Server {
             state,
             http,
+            https,
             admin,
             shutdown_timeout,
             links_topic,
@@ -164,9 +196,16 @@ impl Server {
             links_topic::spawn(state.clone(), bootstrap, options, topic);
         }
         let reloads = tokio::spawn(reload_on_hangup(state.clone()));
+        if let Some(store) = &state.certs {
+            let watching = state.clone();
+            crate::tls::watch(store.clone(), Duration::from_secs(2), move |outcome| {
+                record_cert_reload(&watching, outcome);
+            });
+        }
         info!(
             message = "Serving.",
             http = %http.local_addr()?,
+            https = %https.as_ref().and_then(|(l, _)| l.local_addr().ok()).map_or("off".to_owned(), |a| a.to_string()),
             admin = %admin.local_addr()?,
             kafka = %state.sink.bootstrap(),
             topic = %state.sink.topic(),
@@ -184,6 +223,11 @@ impl Server {
                 accepted = http.accept() => {
                     serve(&state, &edge_connections, accepted, Listener::Http).await;
                 }
+                accepted = accept_optional(&https) => {
+                    if let Some((_, acceptor)) = &https {
+                        serve_tls(&state, &edge_connections, acceptor.clone(), accepted).await;
+                    }
+                }
                 accepted = admin.accept() => {
                     serve(&state, &admin_connections, accepted, Listener::Admin).await;
                 }
@@ -192,6 +236,7 @@ impl Server {
 
         state.draining.store(true, Ordering::SeqCst);
         drop(http);
+        drop(https);
         info!(message = "Draining: no new connections; finishing in-flight requests.");
         // Keep answering probes (503) while the edge drains.
         let (admin_stop, mut admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -278,14 +323,109 @@ async fn reload_on_hangup(state: Arc<AppState>) {
             return;
         };
         while hangups.recv().await.is_some() {
-            info!(message = "Received SIGHUP; reloading the links.");
+            info!(message = "Received SIGHUP; reloading the links and certificates.");
             let reloading = state.clone();
-            // The outcome is logged and counted by the reload itself.
-            let _ = tokio::task::spawn_blocking(move || reload::reload_links(&reloading)).await;
+            // The outcomes are logged and counted where they happen.
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = reload::reload_links(&reloading);
+                if let Some(store) = &reloading.certs {
+                    record_cert_reload(&reloading, store.reload());
+                }
+            })
+            .await;
         }
     }
     #[cfg(not(unix))]
     let _ = state;
+}
+
+fn report_cert_errors(errors: &[crate::tls::CertError]) {
+    for error in errors {
+        warn!(
+            message = "Certificate skipped.",
+            path = %error.path.display(),
+            reason = %error.reason
+        );
+    }
+}
+
+fn record_cert_reload(
+    state: &AppState,
+    outcome: std::io::Result<(usize, Vec<crate::tls::CertError>)>,
+) {
+    match outcome {
+        Ok((count, errors)) => {
+            report_cert_errors(&errors);
+            state.metrics.tls_loaded(Some(count));
+            info!(
+                message = "Certificates reloaded.",
+                certificates = count,
+                skipped = errors.len()
+            );
+        }
+        Err(error) => {
+            state.metrics.tls_loaded(None);
+            warn!(message = "Certificate reload failed; the previous set stays in service.", %error);
+        }
+    }
+}
+
+/// Accepts on the HTTPS listener, or never when there is none.
+async fn accept_optional(
+    https: &Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match https {
+        Some((listener, _)) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes the TLS handshake and serves HTTP/2 or HTTP/1.1, as ALPN chose, on a
+/// task of its own.
+async fn serve_tls(
+    state: &Arc<AppState>,
+    connections: &GracefulShutdown,
+    acceptor: tokio_rustls::TlsAcceptor,
+    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+) {
+    let (stream, peer) = match accepted {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            warn!(message = "Accept failed.", %error);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let watcher = connections.watcher();
+    let state = state.clone();
+    tokio::spawn(async move {
+        let metrics = state.metrics.clone();
+        metrics.connection_opened(Listener::Https);
+        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                let handler_state = state.clone();
+                let service = service_fn(move |request| {
+                    let state = handler_state.clone();
+                    async move { Ok::<_, Infallible>(edge::handle(&state, &request, peer, true)) }
+                });
+                let mut builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
+                let connection = builder.serve_connection(TokioIo::new(tls), service);
+                if let Err(error) = watcher.watch(connection).await {
+                    debug!(message = "TLS connection ended with an error.", %error, %peer);
+                }
+            }
+            Ok(Err(error)) => debug!(message = "TLS handshake failed.", %error, %peer),
+            Err(_) => debug!(message = "TLS handshake timed out.", %peer),
+        }
+        metrics.connection_closed(Listener::Https);
+    });
 }
 
 /// Starts serving one accepted connection on its own task.
@@ -311,7 +451,8 @@ async fn serve(
         let state = handler_state.clone();
         async move {
             Ok::<_, Infallible>(match listener {
-                Listener::Http => edge::handle(&state, &request, peer),
+                Listener::Http => edge::handle(&state, &request, peer, false),
+                Listener::Https => edge::handle(&state, &request, peer, true),
                 Listener::Admin => admin::handle(&state, request).await,
             })
         }

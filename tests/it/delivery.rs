@@ -109,6 +109,9 @@ async fn sigterm_with_the_broker_down_keeps_the_clicks_for_the_next_start() {
 
     // The broker is back; the next start replays the spool.
     cluster.broker_up(1).unwrap();
+    // This run drains with the broker up: give its acknowledgements time to land.
+    let mut args = args;
+    args[5] = "10s";
     let (edge, _) = Running::serve(&args);
     edge.wait_for("will be replayed");
     let (missing, duplicates, read) = read_back(&bootstrap, &served).await;

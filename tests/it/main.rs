@@ -9,3 +9,4 @@ mod ops;
 mod redirect;
 mod support;
 mod tansu;
+mod tls;

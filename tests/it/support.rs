@@ -45,6 +45,8 @@ pub const BROWSER_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWeb
 /// A running edge; shuts down (and drains) when `stop` is called.
 pub struct TestEdge {
     pub http: SocketAddr,
+    /// With `--tls-certs`.
+    pub https: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub bootstrap: String,
     pub topic: String,
@@ -76,6 +78,9 @@ impl TestEdge {
             "--node-id",
             "edge-test",
         ];
+        if args.contains(&"--tls-certs") {
+            argv.extend_from_slice(&["--https", "127.0.0.1:0"]);
+        }
         if !args.contains(&"--shutdown-timeout") {
             argv.extend_from_slice(&["--shutdown-timeout", "5s"]);
         }
@@ -89,6 +94,7 @@ impl TestEdge {
         let (stop, stopped) = oneshot::channel::<()>();
         let edge = TestEdge {
             http: server.http_addr(),
+            https: server.https_addr(),
             admin: server.admin_addr(),
             bootstrap: server.kafka_bootstrap().to_owned(),
             topic,

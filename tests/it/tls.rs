@@ -1,0 +1,297 @@
+//! SPEC §6 TLS: a real rustls client over sockets. Certificates are chosen by SNI
+//! from the names inside them; an unknown name gets none; ALPN offers h2; over TLS
+//! the cookie is `Secure` and the event says `https`; the directory reloads live.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::support::{TestEdge, BROWSER_UA, LINKS};
+
+/// Accepts any certificate, but remembers the one the server presented, so a
+/// test can check which certificate SNI picked.
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Option<CertificateDer<'static>>>);
+
+impl ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = Some(end_entity.clone().into_owned());
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS connection to `addr` with SNI `name`; returns the stream and the DNS names
+/// of the certificate the server presented.
+async fn connect(
+    addr: SocketAddr,
+    name: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<(TlsStream<TcpStream>, Vec<String>)> {
+    let recorder = Arc::new(Recorder::default());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(recorder.clone())
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let stream = connector
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await?;
+    let der = recorder
+        .0
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("a certificate was presented");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let names = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        })
+        .collect();
+    Ok((stream, names))
+}
+
+fn write_pair(dir: &Path, stem: &str, names: &[&str]) {
+    let cert =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    std::fs::write(dir.join(format!("{stem}.crt")), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{stem}.key")),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+}
+
+/// A certificate directory as an operator would lay it out: a PEM pair, and a
+/// mounted Kubernetes TLS Secret.
+fn cert_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), "tracking", &["acme.sjv.io", "*.acme-deals.com"]);
+    let secret = dir.path().join("acmeradio-tls");
+    std::fs::create_dir(&secret).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec![
+        "acmeradio.example".to_string(),
+        "www.acmeradio.example".to_string(),
+    ])
+    .unwrap();
+    std::fs::write(secret.join("tls.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(secret.join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("broken.crt"),
+        "-----BEGIN CERTIFICATE-----\ngarbage\n",
+    )
+    .unwrap();
+    dir
+}
+
+async fn https_get(
+    stream: TlsStream<TcpStream>,
+    host: &str,
+    target: &str,
+) -> hyper::Response<hyper::body::Incoming> {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let request = |uri: String| {
+        hyper::Request::get(uri)
+            .header("host", host)
+            .header("user-agent", BROWSER_UA)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    if h2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        sender
+            .send_request(request(format!("https://{host}{target}")))
+            .await
+            .unwrap()
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        sender
+            .send_request(request(target.to_owned()))
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_by_the_names_inside_it() {
+    let dir = cert_dir();
+    let edge = TestEdge::start(LINKS, &["--tls-certs", dir.path().to_str().unwrap()]).await;
+    let https = edge.https.unwrap();
+    let (_, names) = connect(https, "acme.sjv.io", &[]).await.unwrap();
+    assert!(names.contains(&"acme.sjv.io".to_owned()), "{names:?}");
+    let (_, names) = connect(https, "summer.acme-deals.com", &[]).await.unwrap();
+    assert!(
+        names.contains(&"*.acme-deals.com".to_owned()),
+        "wildcard: {names:?}"
+    );
+    let (_, names) = connect(https, "www.acmeradio.example", &[]).await.unwrap();
+    assert!(
+        names.contains(&"acmeradio.example".to_owned()),
+        "the mounted Secret: {names:?}"
+    );
+    for unknown in ["unknown.example", "a.b.acme-deals.com", "acme-deals.com"] {
+        assert!(
+            connect(https, unknown, &[]).await.is_err(),
+            "{unknown} got a certificate"
+        );
+    }
+    let m = edge.metrics().await;
+    assert!(
+        m.contains("clickedge_tls_certificates 2"),
+        "the broken file is skipped: {m}"
+    );
+    assert!(
+        m.contains(r#"clickedge_tls_certificate_expiry_timestamp_seconds{name="acmeradio-tls"}"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn h2_is_negotiated_and_a_click_over_tls_is_secure_and_https() {
+    let dir = cert_dir();
+    let edge = TestEdge::start(LINKS, &["--tls-certs", dir.path().to_str().unwrap()]).await;
+    let https = edge.https.unwrap();
+    let (stream, _) = connect(https, "acme.sjv.io", &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let response = https_get(stream, "acme.sjv.io", "/c/1234/5678/9012").await;
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let click_id = location.rsplit("clickid=").next().unwrap().to_owned();
+
+    // HTTP/1.1 over TLS too.
+    let (stream, _) = connect(https, "acmeradio.example", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let response = https_get(stream, "acmeradio.example", "/").await;
+    assert_eq!(response.status(), 302);
+
+    let events = edge.events(2).await;
+    let event = events
+        .iter()
+        .find(|e| e.field("click_id") == click_id.as_str())
+        .unwrap();
+    assert_eq!(event.field("scheme"), "https");
+    // Plain HTTP still says http, without Secure.
+    let r = edge.get("acme.sjv.io", "/c/1/5678/9012").await;
+    assert!(!r.header("set-cookie").unwrap().contains("Secure"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_live_and_open_connections_continue() {
+    let dir = cert_dir();
+    let edge = TestEdge::start(LINKS, &["--tls-certs", dir.path().to_str().unwrap()]).await;
+    let https = edge.https.unwrap();
+    assert!(connect(https, "new.example", &[]).await.is_err());
+
+    // An open HTTP/1.1 connection to a name whose certificate will be removed.
+    let (stream, _) = connect(https, "acme.sjv.io", &[b"http/1.1"]).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+
+    write_pair(dir.path(), "new", &["new.example"]);
+    std::fs::remove_file(dir.path().join("tracking.crt")).unwrap();
+    std::fs::remove_file(dir.path().join("tracking.key")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while connect(https, "new.example", &[]).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        connect(https, "acme.sjv.io", &[]).await.is_err(),
+        "the removed certificate is gone"
+    );
+
+    let request = hyper::Request::get("/c/1/5678/9012")
+        .header("host", "acme.sjv.io")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .expect("the open connection continues");
+    assert_eq!(response.status(), 302);
+    let _ = response.into_body().collect().await;
+    let m = edge.metrics().await;
+    assert!(
+        m.contains(r#"clickedge_tls_reloads_total{result="success"} 2"#),
+        "{m}"
+    );
+}
