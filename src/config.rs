@@ -57,6 +57,21 @@ pub struct RunArgs {
     #[arg(long, env = "CLICKEDGE_TLS_CERTS", value_name = "DIR")]
     pub tls_certs: Option<PathBuf>,
 
+    /// Peers whose X-Forwarded-For / Forwarded headers are believed (CIDRs or
+    /// addresses, comma-separated), e.g. the load balancers' subnet.
+    #[arg(
+        long,
+        env = "CLICKEDGE_TRUSTED_PROXIES",
+        value_name = "CIDR,...",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Expect a PROXY protocol (v1 or v2) header on every connection of the
+    /// --http and --https listeners, as AWS NLB and HAProxy send it.
+    #[arg(long, env = "CLICKEDGE_PROXY_PROTOCOL", value_parser = BoolishValueParser::new())]
+    pub proxy_protocol: bool,
+
     /// Address of the admin listener (/metrics, /healthz, /readyz).
     #[arg(
         long,
@@ -188,6 +203,8 @@ pub struct RunArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http: SocketAddr,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub proxy_protocol: bool,
     /// The HTTPS listener and its certificate directory, when TLS is on.
     pub https: Option<(SocketAddr, PathBuf)>,
     pub admin: SocketAddr,
@@ -212,6 +229,8 @@ pub enum ConfigError {
     KafkaOption(String),
     #[error("{0:?} is not a Kafka topic name (1-249 characters of [A-Za-z0-9._-])")]
     Topic(String),
+    #[error("--trusted-proxies {0:?} is not an address or CIDR (like 10.0.0.0/8)")]
+    TrustedProxy(String),
     #[error("--https needs --tls-certs (a directory of certificates)")]
     HttpsWithoutCerts,
     #[error("--admin-token must be at least 16 characters")]
@@ -243,6 +262,17 @@ impl Config {
         };
         let http = address("http", &args.http)?;
         let admin = address("admin", &args.admin)?;
+        let trusted_proxies = args
+            .trusted_proxies
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| ConfigError::TrustedProxy(s.to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let https = match (&args.https, args.tls_certs) {
             (_, Some(dir)) => Some((
                 address("https", args.https.as_deref().unwrap_or("127.0.0.1:8443"))?,
@@ -299,6 +329,8 @@ impl Config {
 
         Ok(Config {
             http,
+            trusted_proxies,
+            proxy_protocol: args.proxy_protocol,
             https,
             admin,
             links: args.links.map_or(LinksSource::Sample, LinksSource::File),

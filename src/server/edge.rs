@@ -257,7 +257,12 @@ impl<B> Click<'_, B> {
             deeplink,
             visitor_id: visitor.map(ClickId::as_str),
             new_visitor,
-            ip: self.peer.ip().to_canonical().to_string(),
+            ip: super::client_ip::client_ip(
+                self.peer.ip(),
+                request.headers(),
+                &self.state.trusted_proxies,
+            )
+            .to_string(),
             user_agent: user_agent.as_deref(),
             referer: referer.as_deref(),
             accept_language: accept_language.as_deref(),

@@ -7,6 +7,7 @@
 //! `--shutdown-timeout`, and the producer is flushed within it too.
 
 mod admin;
+mod client_ip;
 mod edge;
 mod links_topic;
 pub mod reload;
@@ -65,6 +66,10 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// The certificates of the HTTPS listener, when TLS is on.
     pub certs: Option<Arc<CertStore>>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every edge connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 pub struct Server {
@@ -143,6 +148,8 @@ impl Server {
             visitor_cookie: config.visitor_cookie,
             draining: AtomicBool::new(false),
             certs,
+            trusted_proxies: config.trusted_proxies,
+            proxy_protocol: config.proxy_protocol,
         });
         Ok(Server {
             state,
@@ -402,6 +409,10 @@ async fn serve_tls(
     tokio::spawn(async move {
         let metrics = state.metrics.clone();
         metrics.connection_opened(Listener::Https);
+        let Some((stream, peer)) = proxied(&state, stream, peer).await else {
+            metrics.connection_closed(Listener::Https);
+            return;
+        };
         match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
                 let handler_state = state.clone();
@@ -445,31 +456,65 @@ async fn serve(
         }
     };
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
-    let handler_state = state.clone();
-    let service = service_fn(move |request| {
-        let state = handler_state.clone();
-        async move {
-            Ok::<_, Infallible>(match listener {
-                Listener::Http => edge::handle(&state, &request, peer, false),
-                Listener::Https => edge::handle(&state, &request, peer, true),
-                Listener::Admin => admin::handle(&state, request).await,
-            })
-        }
-    });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(io, service);
-    let connection = connections.watch(connection);
-    let metrics = state.metrics.clone();
-    metrics.connection_opened(listener);
+    let watcher = connections.watcher();
+    let state = state.clone();
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            debug!(message = "Connection ended with an error.", %error, %peer);
+        let metrics = state.metrics.clone();
+        metrics.connection_opened(listener);
+        let proxied = match listener {
+            Listener::Admin => Some((client_ip::PrefixedStream::new(Vec::new(), stream), peer)),
+            _ => proxied(&state, stream, peer).await,
+        };
+        if let Some((stream, peer)) = proxied {
+            let handler_state = state.clone();
+            let service = service_fn(move |request| {
+                let state = handler_state.clone();
+                async move {
+                    Ok::<_, Infallible>(match listener {
+                        Listener::Http => edge::handle(&state, &request, peer, false),
+                        Listener::Https => edge::handle(&state, &request, peer, true),
+                        Listener::Admin => admin::handle(&state, request).await,
+                    })
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
+                debug!(message = "Connection ended with an error.", %error, %peer);
+            }
         }
         metrics.connection_closed(listener);
     });
+}
+
+/// With `--proxy-protocol`, reads the PROXY header: the client's address replaces
+/// the peer's. A malformed or late header closes the connection (`None`).
+async fn proxied(
+    state: &AppState,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<(client_ip::PrefixedStream, SocketAddr)> {
+    if !state.proxy_protocol {
+        return Some((client_ip::PrefixedStream::new(Vec::new(), stream), peer));
+    }
+    match tokio::time::timeout(
+        HEADER_READ_TIMEOUT,
+        client_ip::read_proxy_header(&mut stream, peer),
+    )
+    .await
+    {
+        Ok(Ok((client, rest))) => Some((client_ip::PrefixedStream::new(rest, stream), client)),
+        Ok(Err(error)) => {
+            warn!(message = "Bad PROXY protocol header; connection closed.", %error, %peer);
+            None
+        }
+        Err(_) => {
+            warn!(message = "No PROXY protocol header in time; connection closed.", %peer);
+            None
+        }
+    }
 }
 
 async fn metrics_upkeep(metrics: Arc<Metrics>) {

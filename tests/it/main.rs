@@ -2,6 +2,7 @@
 //! read back from Kafka (librdkafka's mock cluster, and a tansu broker process).
 
 mod cli;
+mod client_ip;
 mod delivery;
 mod events;
 mod links;

@@ -70,6 +70,17 @@ async fn connect(
     name: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<(TlsStream<TcpStream>, Vec<String>)> {
+    connect_after(addr, b"", name, alpn).await
+}
+
+/// As `connect`, with `preamble` (a PROXY header) sent before the handshake.
+async fn connect_after(
+    addr: SocketAddr,
+    preamble: &[u8],
+    name: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<(TlsStream<TcpStream>, Vec<String>)> {
+    use tokio::io::AsyncWriteExt;
     let recorder = Arc::new(Recorder::default());
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -81,7 +92,8 @@ async fn connect(
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await?;
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(preamble).await?;
     let stream = connector
         .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
         .await?;
@@ -293,5 +305,37 @@ async fn certificates_reload_live_and_open_connections_continue() {
     assert!(
         m.contains(r#"clickedge_tls_reloads_total{result="success"} 2"#),
         "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_header_before_the_handshake_sets_the_event_ip() {
+    let dir = cert_dir();
+    let edge = TestEdge::start(
+        LINKS,
+        &[
+            "--tls-certs",
+            dir.path().to_str().unwrap(),
+            "--proxy-protocol",
+        ],
+    )
+    .await;
+    let https = edge.https.unwrap();
+    let (stream, _) = connect_after(
+        https,
+        b"PROXY TCP4 198.51.100.9 10.0.0.1 40000 443\r\n",
+        "acme.sjv.io",
+        &[b"h2"],
+    )
+    .await
+    .unwrap();
+    let response = https_get(stream, "acme.sjv.io", "/c/1/5678/9012").await;
+    assert_eq!(response.status(), 302);
+    let events = edge.events(1).await;
+    assert_eq!(events[0].field("ip"), "198.51.100.9");
+    assert_eq!(events[0].field("scheme"), "https");
+    assert!(
+        connect(https, "acme.sjv.io", &[]).await.is_err(),
+        "no PROXY header: closed"
     );
 }
