@@ -339,3 +339,85 @@ async fn a_proxy_header_before_the_handshake_sets_the_event_ip() {
         "no PROXY header: closed"
     );
 }
+
+#[tokio::test]
+async fn sessions_resume() {
+    let dir = cert_dir();
+    let edge = TestEdge::start(LINKS, &["--tls-certs", dir.path().to_str().unwrap()]).await;
+    let https = edge.https.unwrap();
+    // One client configuration keeps its session cache across connections.
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(Recorder::default()))
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let tcp = TcpStream::connect(https).await.unwrap();
+        let stream = connector
+            .connect(ServerName::try_from("acme.sjv.io").unwrap(), tcp)
+            .await
+            .unwrap();
+        kinds.push(stream.get_ref().1.handshake_kind());
+        // Read the ticket the server sends after the handshake.
+        let response = https_get(stream, "acme.sjv.io", "/c/1/5678/9012").await;
+        assert_eq!(response.status(), 302);
+        let _ = response.into_body().collect().await;
+    }
+    assert_eq!(kinds[0], Some(rustls::HandshakeKind::Full));
+    assert_eq!(kinds[2], Some(rustls::HandshakeKind::Resumed), "{kinds:?}");
+}
+
+#[test]
+fn curl_gets_a_redirect_over_https_from_the_binary() {
+    let Ok(version) = std::process::Command::new("curl").arg("--version").output() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide curl (see .ci/run)"
+        );
+        eprintln!("SKIPPED: curl not installed");
+        return;
+    };
+    assert!(version.status.success());
+    let dir = cert_dir();
+    let https = format!("127.0.0.1:{}", crate::support::free_port());
+    let (edge, _) = crate::cli::Running::serve(&[
+        "--https",
+        &https,
+        "--tls-certs",
+        dir.path().to_str().unwrap(),
+    ]);
+    let port = https.rsplit(':').next().unwrap();
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "-k", "--http2", "-o", "/dev/null", "-D", "-"])
+        .args(["--resolve", &format!("acme.sjv.io:{port}:127.0.0.1")])
+        .arg(format!("https://acme.sjv.io:{port}/c/1234/5678/9012"))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&output.stdout).to_lowercase();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(headers.starts_with("http/2 302"), "{headers}");
+    assert!(
+        headers.contains("location: https://www.acme.com/summer?utm_source=impact&clickid="),
+        "{headers}"
+    );
+    assert!(headers.contains("; secure"), "{headers}");
+    // An unknown name: the handshake fails.
+    let unknown = std::process::Command::new("curl")
+        .args(["-sS", "-k", "-o", "/dev/null"])
+        .args(["--resolve", &format!("nope.example:{port}:127.0.0.1")])
+        .arg(format!("https://nope.example:{port}/"))
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert_eq!(edge.terminate(), 0);
+}
