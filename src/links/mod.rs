@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 pub use map::{HostLinks, LinkCounts, LinkMap};
 pub use record::{
-    is_query_name, is_valid_id, parse_record, parse_record_with, record_from_object, AppSite, Id,
-    Link, LinkKind, LoadCache, Record, RecordError, RecordKey, RedirectStatus,
+    is_query_name, is_valid_id, parse_record, parse_record_with, record_from_object, AppLink,
+    AppSite, Id, Link, LinkKind, LoadCache, Record, RecordError, RecordKey, RedirectStatus,
 };
 pub use resolve::{resolve, AppSiteFile, Route};
 pub use store::{Change, LinkStore};

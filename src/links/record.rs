@@ -78,13 +78,76 @@ pub struct Link {
     extras: Option<Box<LinkExtras>>,
 }
 
+/// A record's mobile app (SPEC §2 "Mobile apps"): for iOS and Android visitors,
+/// an interstitial page or a redirect to the store.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AppLink {
+    /// The App Store page (http/https).
+    pub ios_url: Option<Box<str>>,
+    /// The Play Store page (http/https).
+    pub android_url: Option<Box<str>>,
+    /// Opens the app: its own scheme (`acme://home`) or a universal link.
+    pub deeplink: Option<Box<str>>,
+    /// Show the page offering app, store and website, rather than redirecting.
+    pub interstitial: bool,
+}
+
+impl AppLink {
+    fn from_value(value: &Value) -> Result<AppLink, RecordError> {
+        let Value::Object(obj) = value else {
+            return Err(invalid("field `app` must be an object"));
+        };
+        let text = |field: &str| -> Result<Option<&str>, RecordError> {
+            match obj.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.as_str())),
+                Some(_) => Err(invalid(format!("field `app.{field}` must be a string"))),
+            }
+        };
+        let store = |field: &str| -> Result<Option<Box<str>>, RecordError> {
+            text(field)?
+                .map(|url| {
+                    Destination::parse(url)
+                        .map(|d| d.as_str().into())
+                        .map_err(|reason| invalid(format!("field `app.{field}`: {reason}")))
+                })
+                .transpose()
+        };
+        let deeplink = text("deeplink")?
+            .map(|link| {
+                let parsed = url::Url::parse(link).map_err(|e| {
+                    invalid(format!("field `app.deeplink` {link:?} is not a URL: {e}"))
+                })?;
+                if matches!(parsed.scheme(), "javascript" | "data" | "vbscript" | "file") {
+                    return Err(invalid(format!(
+                        "field `app.deeplink` may not use the `{}:` scheme",
+                        parsed.scheme()
+                    )));
+                }
+                Ok(parsed.as_str().into())
+            })
+            .transpose()?;
+        let interstitial = match obj.get("interstitial") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(invalid("field `app.interstitial` must be true or false")),
+        };
+        Ok(AppLink {
+            ios_url: store("ios_url")?,
+            android_url: store("android_url")?,
+            deeplink,
+            interstitial,
+        })
+    }
+}
+
 /// What few records carry.
 #[derive(Debug, Default)]
 struct LinkExtras {
     /// Hosts a `u=` deep link may point at; empty means every deep link is rejected.
     deeplink_hosts: Box<[HostPattern]>,
-    /// Mobile app settings, kept so records carrying them load.
-    app: Option<Value>,
+    /// The brand's app, for mobile visitors.
+    app: Option<AppLink>,
     /// Per-record override of `--click-id-param`.
     click_id_param: Option<Box<str>>,
     /// Validity window in Unix milliseconds, inclusive start, exclusive end.
@@ -113,7 +176,7 @@ impl Link {
             .and_then(|e| e.click_id_param.as_deref())
     }
 
-    pub fn app(&self) -> Option<&Value> {
+    pub fn app(&self) -> Option<&AppLink> {
         self.extras.as_ref().and_then(|e| e.app.as_ref())
     }
 
@@ -672,9 +735,10 @@ fn validate(fields: Fields<'_>, cache: &mut LoadCache) -> Result<Record, RecordE
             return Err(invalid("`valid_from` must be before `valid_until`"));
         }
     }
+    let app = fields.app.as_ref().map(AppLink::from_value).transpose()?;
     let extras = LinkExtras {
         deeplink_hosts,
-        app: fields.app,
+        app,
         click_id_param,
         valid_from_ms,
         valid_until_ms,
@@ -922,7 +986,24 @@ mod tests {
         let l = link(
             r#"{"type":"tracking","host":"a.io","campaign_id":"1","ad_id":"2","url":"https://a.com","app":{"ios_url":"https://apps.apple.com/app/id1","interstitial":true}}"#,
         );
-        assert_eq!(l.app().unwrap()["interstitial"], Value::Bool(true));
+        let app = l.app().unwrap();
+        assert!(app.interstitial);
+        assert_eq!(
+            app.ios_url.as_deref(),
+            Some("https://apps.apple.com/app/id1")
+        );
+        for (bad, needle) in [
+            (r#"{"deeplink":"javascript:alert(1)"}"#, "javascript"),
+            (r#"{"ios_url":"itms://x"}"#, "app.ios_url"),
+            (r#"{"interstitial":"yes"}"#, "app.interstitial"),
+            (r#"[1]"#, "object"),
+        ] {
+            let line = format!(
+                r#"{{"type":"tracking","host":"a.io","campaign_id":"1","ad_id":"2","url":"https://a.com","app":{bad}}}"#
+            );
+            let err = parse_record(&line).unwrap_err();
+            assert!(err.0.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]

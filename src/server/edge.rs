@@ -17,12 +17,13 @@ use time::OffsetDateTime;
 use super::request::{
     asks_not_to_be_tracked, header_text, request_host, visitor_cookie, visitor_set_cookie,
 };
-use super::AppState;
+use super::{interstitial, AppState};
 use crate::click_id::ClickId;
 use crate::destination::{accept_deeplink, IncomingQuery};
 use crate::event::ClickEvent;
 use crate::links::{resolve, AppSiteFile, Link, LinkKind, Route};
 use crate::metrics::{Outcome, RequestType};
+use crate::useragent::{Client, Os};
 
 const ROBOTS_TXT: &str = "User-agent: *\nDisallow: /";
 const X_ROBOTS_TAG: &str = "x-robots-tag";
@@ -117,7 +118,8 @@ fn answer<B>(
                 partner_id,
                 secure,
             };
-            (click.redirect(), request_type(link.kind), Outcome::Redirect)
+            let (response, outcome) = click.redirect();
+            (response, request_type(link.kind), outcome)
         }
     }
 }
@@ -136,7 +138,10 @@ struct Click<'a, B> {
 }
 
 impl<B> Click<'_, B> {
-    fn redirect(&self) -> Response<Body> {
+    /// Answers the click (a redirect, or for a mobile visitor of a record with an
+    /// app, the interstitial or the store), and emits its event. Returns the
+    /// response and its outcome.
+    fn redirect(&self) -> (Response<Body>, Outcome) {
         let Click {
             state,
             request,
@@ -145,6 +150,8 @@ impl<B> Click<'_, B> {
         } = *self;
         let click_id = ClickId::generate(self.now);
         let query = IncomingQuery::parse(request.uri().query());
+        let user_agent = header_text(request, &USER_AGENT);
+        let client = state.classifier.classify(user_agent.as_deref());
 
         let (visitor, new_visitor) = if state.visitor_cookie && !asks_not_to_be_tracked(request) {
             match visitor_cookie(request) {
@@ -172,19 +179,58 @@ impl<B> Click<'_, B> {
             &mut location,
         );
 
-        let status = link.status.code();
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::from_u16(status).expect("302 and 307 are statuses");
-        let headers = response.headers_mut();
-        match HeaderValue::from_str(&location) {
-            Ok(value) => headers.insert(LOCATION, value),
-            // Unreachable in practice: request targets and parsed URLs are visible ASCII.
-            Err(_) => headers.insert(
-                LOCATION,
-                HeaderValue::from_str(&link.destination.to_url_string())
-                    .unwrap_or_else(|_| HeaderValue::from_static("/")),
-            ),
+        // A person on a phone, for a record with an app: the app's way instead.
+        let app = link
+            .app()
+            .filter(|_| !client.bot && matches!(client.os, Os::Ios | Os::Android));
+        let store = app.and_then(|app| match client.os {
+            Os::Ios => app.ios_url.as_deref(),
+            _ => app.android_url.as_deref(),
+        });
+        let (mut response, outcome, event_location, status) = match app {
+            Some(app) if app.interstitial => {
+                let site = url::Url::parse(&location)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let page = interstitial::render(&interstitial::Choices {
+                    site: &site,
+                    deeplink: app.deeplink.as_deref(),
+                    store,
+                    os: client.os,
+                    website: &location,
+                });
+                let mut response = Response::new(Full::new(Bytes::from(page)));
+                let headers = response.headers_mut();
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                headers.insert(
+                    http::header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(interstitial::content_security_policy()),
+                );
+                headers.insert(
+                    http::header::REFERRER_POLICY,
+                    HeaderValue::from_static("no-referrer"),
+                );
+                (response, Outcome::Interstitial, location.as_str(), 200)
+            }
+            Some(_) if store.is_some() => {
+                let store = store.expect("checked");
+                (redirect_to(store, 302), Outcome::AppStore, store, 302)
+            }
+            _ => {
+                let status = link.status.code();
+                (
+                    redirect_to(&location, status),
+                    Outcome::Redirect,
+                    location.as_str(),
+                    status,
+                )
+            }
         };
+        let headers = response.headers_mut();
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex"));
         if let (Some(visitor), true) = (&visitor, new_visitor) {
@@ -203,35 +249,38 @@ impl<B> Click<'_, B> {
                     "rejected"
                 }
             });
-            self.emit(
-                &click_id,
-                visitor.as_ref(),
+            self.emit(Emitted {
+                click_id: &click_id,
+                visitor: visitor.as_ref(),
                 new_visitor,
-                &query,
-                deeplink_outcome,
-                &location,
+                query: &query,
+                deeplink: deeplink_outcome,
+                outcome,
+                location: event_location,
                 status,
-            );
+                user_agent: user_agent.as_deref(),
+                client,
+            });
         }
-        response
+        (response, outcome)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &self,
-        click_id: &ClickId,
-        visitor: Option<&ClickId>,
-        new_visitor: bool,
-        query: &IncomingQuery<'_>,
-        deeplink: Option<&str>,
-        location: &str,
-        status: u16,
-    ) {
+    fn emit(&self, emitted: Emitted<'_>) {
+        let Emitted {
+            click_id,
+            visitor,
+            new_visitor,
+            query,
+            deeplink,
+            outcome,
+            location,
+            status,
+            user_agent,
+            client,
+        } = emitted;
         let request = self.request;
-        let user_agent = header_text(request, &USER_AGENT);
         let referer = header_text(request, &REFERER);
         let accept_language = header_text(request, &ACCEPT_LANGUAGE);
-        let client = self.state.classifier.classify(user_agent.as_deref());
         let link = self.link;
         let is_fallback = link.kind == LinkKind::Fallback;
         let event = ClickEvent {
@@ -239,7 +288,11 @@ impl<B> Click<'_, B> {
             click_id: click_id.as_str(),
             ts: OffsetDateTime::from(self.now),
             kind: link.kind.as_str(),
-            outcome: "redirect",
+            outcome: match outcome {
+                Outcome::Interstitial => "interstitial",
+                Outcome::AppStore => "app_store",
+                _ => "redirect",
+            },
             host: self.host,
             path: self.path,
             partner_id: self.partner_id,
@@ -263,7 +316,7 @@ impl<B> Click<'_, B> {
                 &self.state.trusted_proxies,
             )
             .to_string(),
-            user_agent: user_agent.as_deref(),
+            user_agent,
             referer: referer.as_deref(),
             accept_language: accept_language.as_deref(),
             device: client.device.as_str(),
@@ -276,6 +329,32 @@ impl<B> Click<'_, B> {
         let key = visitor.unwrap_or(click_id).as_str();
         self.state.sink.submit(key, event.to_json());
     }
+}
+
+/// What a click's event is made of, besides the request and the record.
+struct Emitted<'a> {
+    click_id: &'a ClickId,
+    visitor: Option<&'a ClickId>,
+    new_visitor: bool,
+    query: &'a IncomingQuery<'a>,
+    deeplink: Option<&'a str>,
+    outcome: Outcome,
+    location: &'a str,
+    status: u16,
+    user_agent: Option<&'a str>,
+    client: Client,
+}
+
+/// A redirect with an empty body; `location` is visible ASCII (request targets and
+/// parsed URLs are), else the edge falls back to `/` rather than fail.
+fn redirect_to(location: &str, status: u16) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::from_u16(status).expect("302 and 307 are statuses");
+    response.headers_mut().insert(
+        LOCATION,
+        HeaderValue::from_str(location).unwrap_or_else(|_| HeaderValue::from_static("/")),
+    );
+    response
 }
 
 fn request_type(kind: LinkKind) -> RequestType {

@@ -9,6 +9,7 @@
 mod admin;
 mod client_ip;
 mod edge;
+mod interstitial;
 mod links_topic;
 pub mod reload;
 pub mod request;

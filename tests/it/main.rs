@@ -6,6 +6,7 @@ mod client_ip;
 mod delivery;
 mod events;
 mod links;
+mod mobile;
 mod ops;
 mod redirect;
 mod support;
