@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# clickedge side by side with nginx, HAProxy and a constant-302 hyper server (the
+# stack's floor), on the same redirects (loadtest/dataset.py), one server core.
+#
+#   loadtest/compare.sh                      # 1M links, 20 s per server
+#   LINKS=10000 DURATION=10s loadtest/compare.sh
+#
+# Each server runs pinned to core 0, wrk (64 connections, a Lua target list) to
+# core 1. Recorded: redirects/s, p50/p99/p99.9, server CPU time per redirect
+# (utime+stime from /proc), RSS, time to ready. clickedge writes every click's
+# event to a real tansu broker. Output: loadtest/results/compare-*.md and .png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LINKS="${LINKS:-1000000}"
+DURATION="${DURATION:-20s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/clickedge-ci/target}"
+
+need=()
+for tool in wrk nginx haproxy curl bc; do command -v $tool >/dev/null || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+  pkgs=("${need[@]/nginx/nginx-light}")
+  apt-get update -qq && apt-get install -y -qq "${pkgs[@]}"
+fi
+python3 -c 'import matplotlib' 2>/dev/null || pip install -q matplotlib
+TANSU="${TANSU_BIN:-$HOME/.cargo/bin/tansu}"
+[ -x "$TANSU" ] || cargo install tansu --version 0.6.0 --locked --no-default-features --features dynostore \
+  --target-dir /var/tmp/clickedge-ci/tansu-target
+
+cargo build --release --quiet --bin clickedge --example floor
+bin="$CARGO_TARGET_DIR/release/clickedge"
+data=/var/tmp/clickedge-loadtest/compare-$LINKS
+[ -s "$data/targets.txt" ] || python3 loadtest/dataset.py "$LINKS" "$data"
+work=/var/tmp/clickedge-loadtest/compare-run
+rm -rf "$work" && mkdir -p "$work" loadtest/results
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out="loadtest/results/compare-$stamp"
+tick=$(getconf CLK_TCK)
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_mb() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$1/status"; }
+wait_ready() { # url host
+  local start=$(date +%s.%N) tries=0
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $2" "$1")" = 302 ]; do
+    tries=$((tries + 1))
+    [ $tries -lt 3000 ] || { echo "no redirect from $1 within a minute" >&2; exit 1; }
+    sleep 0.02
+  done
+  echo "$(date +%s.%N) - $start" | bc
+}
+
+# The broker for clickedge's events.
+"$TANSU" broker --listener-url tcp://127.0.0.1:19192 --advertised-listener-url tcp://127.0.0.1:19192 \
+  --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
+tansu=$!
+trap 'kill $tansu 2>/dev/null || true; pkill -P $$ 2>/dev/null || true' EXIT
+sleep 1
+"$TANSU" topic create clicks --broker tcp://127.0.0.1:19192 --partitions 3 >/dev/null
+
+read -r probe_host probe_path < <(head -1 "$data/targets.txt")
+echo "| server | redirects/s | p50 ms | p99 ms | p99.9 ms | CPU µs/redirect | RSS MB | ready s |" >"$out.md"
+echo "|---|---|---|---|---|---|---|---|" >>"$out.md"
+
+run() { # name port pid ready
+  local name=$1 port=$2 pid=$3 ready=$4 before after
+  before=$(cpu_ticks "$pid")
+  TARGETS="$data/targets.txt" taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s loadtest/targets.lua \
+    "http://127.0.0.1:$port/" >"$work/$name.wrk"
+  after=$(cpu_ticks "$pid")
+  local rps reqs p50 p99 p999 cpu
+  rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name.wrk")
+  reqs=$(awk '/^REQUESTS/ {print $2}' "$work/$name.wrk")
+  read -r p50 p99 p999 < <(awk '/^LATENCY_US/ {gsub(/p[0-9]+=/, ""); print $2/1000, $4/1000, $5/1000}' "$work/$name.wrk")
+  cpu=$(echo "scale=2; ($after - $before) * 1000000 / $tick / $reqs" | bc)
+  printf '| %s | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %.2f |\n' \
+    "$name" "$rps" "$p50" "$p99" "$p999" "$cpu" "$(rss_mb "$pid")" "$ready" | tee -a "$out.md"
+  grep -E "^REQUESTS" "$work/$name.wrk" >&2
+}
+
+# The floor: constant 302.
+taskset -c 0 "$CARGO_TARGET_DIR/release/examples/floor" 127.0.0.1:18780 &
+pid=$!; ready=$(wait_ready "http://127.0.0.1:18780$probe_path" "$probe_host")
+run "hyper floor (constant 302)" 18780 $pid "$ready"; kill $pid
+
+# nginx: map $host$uri, one worker.
+cat >"$work/nginx.conf" <<CONF
+worker_processes 1;
+error_log $work/nginx-error.log;
+pid $work/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  map_hash_max_size 4194304;
+  map_hash_bucket_size 256;
+  map \$host\$uri \$target { default ""; include $data/nginx.map; }
+  map \$host \$fallback { default ""; include $data/nginx-fallback.map; }
+  server {
+    listen 127.0.0.1:18580 default_server;
+    location / {
+      if (\$target != "") { return 302 \$target; }
+      if (\$fallback != "") { return 302 \$fallback; }
+      return 404;
+    }
+  }
+}
+CONF
+taskset -c 0 nginx -c "$work/nginx.conf"
+ready=$(wait_ready "http://127.0.0.1:18580$probe_path" "$probe_host")
+pid=$(pgrep -f "nginx: worker process" | head -1)
+run "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (map, 1 worker)" 18580 "$pid" "$ready"
+kill "$(cat "$work/nginx.pid")"
+
+# HAProxy: map redirect, one thread.
+cat >"$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout client 30s
+  timeout server 30s
+  timeout connect 5s
+frontend edge
+  bind 127.0.0.1:18680
+  http-request redirect location %[base,map($data/haproxy.map)] code 302 if { base,map($data/haproxy.map) -m found }
+  http-request redirect location %[req.hdr(host),map($data/haproxy-fallback.map)] code 302 if { req.hdr(host),map($data/haproxy-fallback.map) -m found }
+  http-request return status 404
+CONF
+taskset -c 0 haproxy -f "$work/haproxy.cfg" -q &
+pid=$!; ready=$(wait_ready "http://127.0.0.1:18680$probe_path" "$probe_host")
+run "HAProxy $(haproxy -v | awk 'NR==1 {print $3}') (map, 1 thread)" 18680 $pid "$ready"; kill $pid
+
+# clickedge: events on, to tansu.
+rm -rf "$work/spool"
+RUST_LOG=warn taskset -c 0 "$bin" --links "$data/links.ndjson" --http 127.0.0.1:18480 --admin 127.0.0.1:19480 \
+  --kafka-brokers 127.0.0.1:19192 --spool-dir "$work/spool" 2>"$work/clickedge.log" &
+pid=$!; ready=$(wait_ready "http://127.0.0.1:18480$probe_path" "$probe_host")
+run "clickedge $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2) (events to tansu)" 18480 $pid "$ready"
+sleep 2
+curl -s http://127.0.0.1:19480/metrics | grep -E '^clickedge_click_events_total' >"$work/clickedge-events.txt"
+kill -TERM $pid; wait $pid || true
+
+{
+  echo
+  echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); each server pinned to core 0, wrk to core 1;"
+  echo "$LINKS links, $CONNECTIONS connections, $DURATION per server. clickedge's events: $(tr '\n' ' ' <"$work/clickedge-events.txt")"
+} >>"$out.md"
+python3 loadtest/plot.py "$out.md" "$out.png"
+echo "wrote $out.md and $out.png"
