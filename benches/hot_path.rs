@@ -75,8 +75,11 @@ fn hot_path(c: &mut Criterion) {
         })
     });
 
-    c.bench_function("classify browser User-Agent", |b| {
+    c.bench_function("classify browser User-Agent (remembered)", |b| {
         b.iter(|| black_box(classifier.classify(black_box(Some(BROWSER)))))
+    });
+    c.bench_function("classify browser User-Agent (first time)", |b| {
+        b.iter(|| black_box(classifier.classify_uncached(black_box(BROWSER))))
     });
 
     c.bench_function("generate click id", |b| {

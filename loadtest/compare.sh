@@ -4,6 +4,7 @@
 #
 #   loadtest/compare.sh                      # 1M links, 20 s per server
 #   LINKS=10000 DURATION=10s loadtest/compare.sh
+#   SERVERS=clickedge loadtest/compare.sh    # only some (floor nginx haproxy clickedge)
 #
 # Each server runs pinned to core 0, wrk (64 connections, a Lua target list) to
 # core 1. Recorded: redirects/s, p50/p99/p99.9, server CPU time per redirect
@@ -14,6 +15,8 @@ cd "$(dirname "$0")/.."
 LINKS="${LINKS:-1000000}"
 DURATION="${DURATION:-20s}"
 CONNECTIONS="${CONNECTIONS:-64}"
+SERVERS="${SERVERS:-floor nginx haproxy clickedge}"
+wanted() { [[ " $SERVERS " == *" $1 "* ]]; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/clickedge-ci/target}"
 
 need=()
@@ -78,11 +81,14 @@ run() { # name port pid ready
 }
 
 # The floor: constant 302.
+if wanted floor; then
 taskset -c 0 "$CARGO_TARGET_DIR/release/examples/floor" 127.0.0.1:18780 &
 pid=$!; ready=$(wait_ready "http://127.0.0.1:18780$probe_path" "$probe_host")
 run "hyper floor (constant 302)" 18780 $pid "$ready"; kill $pid
+fi
 
 # nginx: map $host$uri, one worker.
+if wanted nginx; then
 cat >"$work/nginx.conf" <<CONF
 worker_processes 1;
 error_log $work/nginx-error.log;
@@ -109,8 +115,10 @@ ready=$(wait_ready "http://127.0.0.1:18580$probe_path" "$probe_host")
 pid=$(pgrep -f "nginx: worker process" | head -1)
 run "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (map, 1 worker)" 18580 "$pid" "$ready"
 kill "$(cat "$work/nginx.pid")"
+fi
 
 # HAProxy: map redirect, one thread.
+if wanted haproxy; then
 cat >"$work/haproxy.cfg" <<CONF
 global
   nbthread 1
@@ -129,8 +137,11 @@ CONF
 taskset -c 0 haproxy -f "$work/haproxy.cfg" -q &
 pid=$!; ready=$(wait_ready "http://127.0.0.1:18680$probe_path" "$probe_host")
 run "HAProxy $(haproxy -v | awk 'NR==1 {print $3}') (map, 1 thread)" 18680 $pid "$ready"; kill $pid
+fi
 
 # clickedge: events on, to tansu.
+touch "$work/clickedge-events.txt"
+if wanted clickedge; then
 rm -rf "$work/spool"
 RUST_LOG=warn taskset -c 0 "$bin" --links "$data/links.ndjson" --http 127.0.0.1:18480 --admin 127.0.0.1:19480 \
   --kafka-brokers 127.0.0.1:19192 --spool-dir "$work/spool" 2>"$work/clickedge.log" &
@@ -139,6 +150,7 @@ run "clickedge $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2) (events to tans
 sleep 2
 curl -s http://127.0.0.1:19480/metrics | grep -E '^clickedge_click_events_total' >"$work/clickedge-events.txt"
 kill -TERM $pid; wait $pid || true
+fi
 
 {
   echo

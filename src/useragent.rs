@@ -92,8 +92,38 @@ impl Classifier {
         }
     }
 
+    /// Classifies a User-Agent, remembering recent answers per thread: traffic
+    /// repeats a few thousand agents, and the full classification (a regex over
+    /// hundreds of bot patterns, then woothee) costs microseconds.
     pub fn classify(&self, user_agent: Option<&str>) -> Client {
-        let ua = user_agent.map(str::trim).unwrap_or("");
+        const CAPACITY: usize = 4096;
+        thread_local! {
+            static RECENT: std::cell::RefCell<hashbrown::HashMap<Box<str>, Client>> =
+                std::cell::RefCell::new(hashbrown::HashMap::with_capacity(CAPACITY));
+        }
+        let ua = user_agent.unwrap_or("");
+        if let Some(known) = RECENT.with(|recent| recent.borrow().get(ua).copied()) {
+            return known;
+        }
+        let client = self.classify_uncached(ua);
+        // Real agents are a few hundred bytes; a huge one is not worth keeping.
+        if ua.len() > 512 {
+            return client;
+        }
+        RECENT.with(|recent| {
+            let mut recent = recent.borrow_mut();
+            // Bounded: when full, start again rather than grow with hostile input.
+            if recent.len() >= CAPACITY {
+                recent.clear();
+            }
+            recent.insert(ua.into(), client);
+        });
+        client
+    }
+
+    /// The full classification, without the per-thread memory (for benchmarks).
+    pub fn classify_uncached(&self, ua: &str) -> Client {
+        let ua = ua.trim();
         let parsed = if ua.is_empty() {
             None
         } else {
@@ -183,6 +213,18 @@ mod tests {
             let got = c.classify(Some(ua));
             assert_eq!((got.device, got.os, got.bot), (device, os, false), "{ua}");
         }
+    }
+
+    #[test]
+    fn remembered_answers_are_the_same_answers() {
+        let c = Classifier::new();
+        for _ in 0..3 {
+            assert_eq!(c.classify(Some(IPHONE)).os, Os::Ios);
+            assert!(c.classify(Some("Twitterbot/1.0")).bot);
+            assert!(!c.classify(Some(WINDOWS)).bot);
+        }
+        let huge = format!("{WINDOWS} {}", "x".repeat(4096));
+        assert_eq!(c.classify(Some(&huge)).os, Os::Windows);
     }
 
     #[test]
