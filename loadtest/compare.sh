@@ -41,6 +41,9 @@ out="loadtest/results/compare-$stamp"
 tick=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU time the hypervisor took from this VM: a noisy neighbour shows here.
+steal_and_total() { awk '/^cpu / {print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+read -r steal0 total0 < <(steal_and_total)
 rss_mb() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$1/status"; }
 wait_ready() { # url host
   local start=$(date +%s.%N) tries=0
@@ -152,8 +155,11 @@ curl -s http://127.0.0.1:19480/metrics | grep -E '^clickedge_click_events_total'
 kill -TERM $pid; wait $pid || true
 fi
 
+read -r steal1 total1 < <(steal_and_total)
+steal=$(echo "scale=1; 100 * ($steal1 - $steal0) / ($total1 - $total0)" | bc)
 {
   echo
+  echo "CPU stolen by the hypervisor during the run: $steal% (figures from a run with more than ~1% are noise)."
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); each server pinned to core 0, wrk to core 1;"
   echo "$LINKS links, $CONNECTIONS connections, $DURATION per server. clickedge's events: $(tr '\n' ' ' <"$work/clickedge-events.txt")"
 } >>"$out.md"
