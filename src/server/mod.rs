@@ -396,15 +396,9 @@ async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
 ) {
-    let (stream, peer) = match accepted {
-        Ok(accepted) => accepted,
-        Err(error) => {
-            warn!(message = "Accept failed.", %error);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            return;
-        }
+    let Some((stream, peer)) = accepted_stream(accepted).await else {
+        return;
     };
-    let _ = stream.set_nodelay(true);
     let watcher = connections.watcher();
     let state = state.clone();
     tokio::spawn(async move {
@@ -447,16 +441,9 @@ async fn serve(
     accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
     listener: Listener,
 ) {
-    let (stream, peer) = match accepted {
-        Ok(accepted) => accepted,
-        Err(error) => {
-            // Out of file descriptors and the like: back off instead of spinning.
-            warn!(message = "Accept failed.", %error);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            return;
-        }
+    let Some((stream, peer)) = accepted_stream(accepted).await else {
+        return;
     };
-    let _ = stream.set_nodelay(true);
     let watcher = connections.watcher();
     let state = state.clone();
     tokio::spawn(async move {
@@ -488,6 +475,24 @@ async fn serve(
         }
         metrics.connection_closed(listener);
     });
+}
+
+/// The connection an accept gave, ready for small writes; on a failed accept (out
+/// of file descriptors and the like) backs off instead of spinning.
+async fn accepted_stream(
+    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    match accepted {
+        Ok((stream, peer)) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, peer))
+        }
+        Err(error) => {
+            warn!(message = "Accept failed.", %error);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
 }
 
 /// With `--proxy-protocol`, reads the PROXY header: the client's address replaces
