@@ -67,8 +67,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--check`: the configuration parsed; now the links file, every bad line named.
+/// `--check`: the configuration parsed; now the certificates (when TLS is on) and
+/// the links file, every bad line named.
 fn check(config: &Config) -> ExitCode {
+    if let Some((_, dir)) = &config.https {
+        match clickedge::tls::CertStore::load(dir) {
+            Ok((store, errors)) => {
+                for error in &errors {
+                    eprintln!("{}: {} (skipped)", error.path.display(), error.reason);
+                }
+                println!(
+                    "{}: OK, {} certificates, {} skipped",
+                    dir.display(),
+                    store.index().certs.len(),
+                    errors.len()
+                );
+            }
+            Err(error) => {
+                eprintln!(
+                    "clickedge: cannot read --tls-certs {}: {error}",
+                    dir.display()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     match config.links.load(config.strict) {
         Ok(loaded) => {
             for error in &loaded.invalid {

@@ -103,6 +103,29 @@ fn a_garbled_or_unreadable_links_file_is_refused() {
 }
 
 #[test]
+fn check_reports_the_certificates_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["acme.sjv.io".to_string()]).unwrap();
+    std::fs::write(dir.path().join("acme.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("acme.key"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("broken.crt"), "nonsense").unwrap();
+    let (code, stdout, stderr) = run(binary().args(["--check", "--tls-certs"]).arg(dir.path()));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("OK, 1 certificates, 1 skipped"), "{stdout}");
+    assert!(stderr.contains("broken.crt"), "{stderr}");
+    let (code, _, stderr) = run(binary().args(["--check", "--tls-certs", "/nonexistent/certs"]));
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("cannot read --tls-certs /nonexistent/certs"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bad_configuration_exits_64_before_anything_starts() {
     let (code, _, stderr) = run(binary().args(["--http", "not-an-address", "--check"]));
     assert_eq!(code, 64);
