@@ -8,6 +8,7 @@ mod events;
 mod links;
 mod mobile;
 mod ops;
+mod properties;
 mod redirect;
 mod support;
 mod tansu;
