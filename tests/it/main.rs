@@ -5,6 +5,7 @@ mod cli;
 mod client_ip;
 mod delivery;
 mod events;
+mod hostile;
 mod links;
 mod mobile;
 mod ops;
