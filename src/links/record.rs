@@ -187,6 +187,37 @@ impl Link {
     pub fn valid_until_ms(&self) -> Option<i64> {
         self.extras.as_ref().and_then(|e| e.valid_until_ms)
     }
+
+    /// Writes the `Location` of a click on this record into `out`: the `u=` deep
+    /// link if its host is allowed, else the record's `url`, with the incoming query
+    /// merged and `{param}={click_id}` set (`param`: the record's, else
+    /// `default_param`). Returns the deep link's fate: `None` when there was none,
+    /// `Some("accepted")` or `Some("rejected")`.
+    pub fn write_location(
+        &self,
+        query: &crate::destination::IncomingQuery<'_>,
+        default_param: &str,
+        click_id: &str,
+        out: &mut String,
+    ) -> Option<&'static str> {
+        let deeplink = query
+            .deeplink
+            .as_deref()
+            .map(|u| crate::destination::accept_deeplink(u, self.deeplink_hosts()));
+        let destination = match &deeplink {
+            Some(Some(accepted)) => accepted,
+            _ => &*self.destination,
+        };
+        let param = self.click_id_param().unwrap_or(default_param);
+        destination.write_location(query, self.forward_query, Some((param, click_id)), out);
+        deeplink.map(|accepted| {
+            if accepted.is_some() {
+                "accepted"
+            } else {
+                "rejected"
+            }
+        })
+    }
 }
 
 /// The app-site association files a host serves (answered, never redirected).

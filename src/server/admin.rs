@@ -327,22 +327,9 @@ fn resolve_url(state: &AppState, query: Option<&str>) -> Response<Body> {
     match resolve(&map, &host, path, now_ms) {
         Route::Redirect { link, partner_id } => {
             let query = IncomingQuery::parse(url.query());
-            let deeplink = query
-                .deeplink
-                .as_deref()
-                .map(|u| crate::destination::accept_deeplink(u, link.deeplink_hosts()));
-            let destination = match &deeplink {
-                Some(Some(accepted)) => accepted,
-                _ => &link.destination,
-            };
-            let param = link.click_id_param().unwrap_or(&state.click_id_param);
             let mut location = String::new();
-            destination.write_location(
-                &query,
-                link.forward_query,
-                Some((param, "{click_id}")),
-                &mut location,
-            );
+            let deeplink =
+                link.write_location(&query, &state.click_id_param, "{click_id}", &mut location);
             let record = crate::links::Record::Link(link.clone());
             fields.insert("result".into(), json!("redirect"));
             fields.insert("type".into(), json!(link.kind.as_str()));
@@ -352,10 +339,7 @@ fn resolve_url(state: &AppState, query: Option<&str>) -> Response<Body> {
             fields.insert("partner_id".into(), json!(partner_id));
             fields.insert("campaign_id".into(), json!(link.campaign_id.as_deref()));
             fields.insert("ad_id".into(), json!(link.ad_id.as_deref()));
-            fields.insert(
-                "deeplink".into(),
-                json!(deeplink.map(|d| if d.is_some() { "accepted" } else { "rejected" })),
-            );
+            fields.insert("deeplink".into(), json!(deeplink));
         }
         Route::AppSite(site, _) => {
             fields.insert("result".into(), json!("app_site"));

@@ -19,7 +19,7 @@ use super::request::{
 };
 use super::{interstitial, AppState};
 use crate::click_id::ClickId;
-use crate::destination::{accept_deeplink, IncomingQuery};
+use crate::destination::IncomingQuery;
 use crate::event::ClickEvent;
 use crate::links::{resolve, AppSiteFile, Link, LinkKind, Route};
 use crate::metrics::{Outcome, RequestType};
@@ -162,20 +162,11 @@ impl<B> Click<'_, B> {
             (None, false)
         };
 
-        let deeplink = query
-            .deeplink
-            .as_deref()
-            .map(|u| accept_deeplink(u, link.deeplink_hosts()));
-        let destination = match &deeplink {
-            Some(Some(accepted)) => accepted,
-            _ => &link.destination,
-        };
-        let click_id_param = link.click_id_param().unwrap_or(&state.click_id_param);
         let mut location = String::with_capacity(256);
-        destination.write_location(
+        let deeplink_outcome = link.write_location(
             &query,
-            link.forward_query,
-            Some((click_id_param, click_id.as_str())),
+            &state.click_id_param,
+            click_id.as_str(),
             &mut location,
         );
 
@@ -242,13 +233,6 @@ impl<B> Click<'_, B> {
         // HEADs come from link previews with browser agents: no event, or they
         // would count as clicks.
         if request.method() == Method::GET {
-            let deeplink_outcome = deeplink.as_ref().map(|accepted| {
-                if accepted.is_some() {
-                    "accepted"
-                } else {
-                    "rejected"
-                }
-            });
             self.emit(Emitted {
                 click_id: &click_id,
                 visitor: visitor.as_ref(),

@@ -297,14 +297,7 @@ fn load_links(config: &Config, metrics: &Metrics) -> anyhow::Result<Loaded> {
             return Err(error.into());
         }
     };
-    for error in &loaded.invalid {
-        warn!(
-            message = "Invalid link record skipped.",
-            source = %config.links,
-            line = error.line,
-            reason = %error.reason
-        );
-    }
+    reload::log_skipped(&config.links, &loaded.invalid);
     let counts = loaded.map.counts();
     metrics.links_loaded(counts, reload::unix_seconds());
     info!(

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 
 use super::AppState;
-use crate::links::{LineError, LoadError};
+use crate::links::{LineError, LinksSource, LoadError};
 
 #[derive(Debug)]
 pub struct ReloadReport {
@@ -28,14 +28,7 @@ pub fn reload_links(state: &AppState) -> Result<ReloadReport, ReloadError> {
     });
     match loaded {
         Ok(loaded) => {
-            for error in &loaded.invalid {
-                warn!(
-                    message = "Invalid link record skipped.",
-                    source = %state.links_source,
-                    line = error.line,
-                    reason = %error.reason
-                );
-            }
+            log_skipped(&state.links_source, &loaded.invalid);
             let map = state.links.replace_file(loaded.map);
             state.metrics.links_loaded(map.counts(), unix_seconds());
             info!(
@@ -58,6 +51,18 @@ pub fn reload_links(state: &AppState) -> Result<ReloadReport, ReloadError> {
             );
             Err(ReloadError(load_error))
         }
+    }
+}
+
+/// Logs each record a load skipped, with its line and reason.
+pub fn log_skipped(source: &LinksSource, invalid: &[LineError]) {
+    for error in invalid {
+        warn!(
+            message = "Invalid link record skipped.",
+            source = %source,
+            line = error.line,
+            reason = %error.reason
+        );
     }
 }
 

@@ -175,10 +175,6 @@ impl EventSink {
         self.spool_has_room.load(Ordering::Relaxed) || self.kafka.health() == BrokerHealth::Up
     }
 
-    pub fn broker_health(&self) -> BrokerHealth {
-        self.kafka.health()
-    }
-
     /// Stops the pump after it has spooled every submitted event and waited up to
     /// `timeout` for acknowledgements. Returns whether all were acknowledged (what
     /// was not stays in the spool for the next start).
