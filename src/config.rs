@@ -72,6 +72,37 @@ pub struct RunArgs {
     #[arg(long, env = "CLICKEDGE_PROXY_PROTOCOL", value_parser = BoolishValueParser::new())]
     pub proxy_protocol: bool,
 
+    /// Connections served at once on each of --http and --https; one more is
+    /// answered 503 (HTTP) or closed (HTTPS) at once and counted.
+    #[arg(
+        long,
+        env = "CLICKEDGE_MAX_CONNECTIONS",
+        default_value = "50000",
+        value_name = "COUNT"
+    )]
+    pub max_connections: usize,
+
+    /// Time a client has to send a complete request head, counted from the
+    /// connection's start or the previous response (so it is also HTTP/1's
+    /// keep-alive idle timeout); the TLS handshake and the PROXY header get as long.
+    #[arg(
+        long,
+        env = "CLICKEDGE_HEADER_READ_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub header_read_timeout: String,
+
+    /// A connection that receives nothing for this long is closed: HTTP/2
+    /// connections with no streams, stalled request bodies.
+    #[arg(
+        long,
+        env = "CLICKEDGE_IDLE_TIMEOUT",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub idle_timeout: String,
+
     /// Address of the admin listener (/metrics, /healthz, /readyz).
     #[arg(
         long,
@@ -219,6 +250,10 @@ pub struct Config {
     pub click_id_param: String,
     pub visitor_cookie: bool,
     pub shutdown_timeout: Duration,
+    /// `--max-connections`, per edge listener.
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +278,8 @@ pub enum ConfigError {
     NodeId(String),
     #[error("--{flag} {value:?} is not a duration (like 10s, 500ms or 1m)")]
     Duration { flag: &'static str, value: String },
+    #[error("--{flag} {value:?} must be more than zero")]
+    Zero { flag: &'static str, value: String },
     #[error(
         "--spool-max-bytes {0:?} is not a size (like 1GiB, 512MiB or 1000000; at least 64KiB)"
     )]
@@ -322,6 +359,22 @@ impl Config {
             })
         };
         let shutdown_timeout = duration("shutdown-timeout", &args.shutdown_timeout)?;
+        // A zero would close every connection at once: refused, not taken literally.
+        let positive = |flag: &'static str, value: &str| match duration(flag, value)? {
+            Duration::ZERO => Err(ConfigError::Zero {
+                flag,
+                value: value.to_owned(),
+            }),
+            positive => Ok(positive),
+        };
+        let header_read_timeout = positive("header-read-timeout", &args.header_read_timeout)?;
+        let idle_timeout = positive("idle-timeout", &args.idle_timeout)?;
+        if args.max_connections == 0 {
+            return Err(ConfigError::Zero {
+                flag: "max-connections",
+                value: "0".to_owned(),
+            });
+        }
         let fsync_interval = duration("spool-fsync-interval", &args.spool_fsync_interval)?;
         let max_bytes = parse_size(&args.spool_max_bytes)
             .filter(|bytes| *bytes >= 64 * 1024)
@@ -354,6 +407,9 @@ impl Config {
             click_id_param: args.click_id_param,
             visitor_cookie: !args.no_visitor_cookie,
             shutdown_timeout,
+            max_connections: args.max_connections,
+            header_read_timeout,
+            idle_timeout,
         })
     }
 
@@ -449,6 +505,9 @@ mod tests {
         assert_eq!(c.spool.max_bytes, 1 << 30);
         assert_eq!(c.spool.fsync_interval, Duration::from_millis(200));
         assert!(!c.node_id.is_empty());
+        assert_eq!(c.max_connections, 50_000);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -484,6 +543,18 @@ mod tests {
             (
                 vec!["clickedge", "--spool-fsync-interval", "often"],
                 "--spool-fsync-interval",
+            ),
+            (
+                vec!["clickedge", "--max-connections", "0"],
+                "--max-connections \"0\" must be more than zero",
+            ),
+            (
+                vec!["clickedge", "--header-read-timeout", "0s"],
+                "--header-read-timeout \"0s\" must be more than zero",
+            ),
+            (
+                vec!["clickedge", "--idle-timeout", "forever"],
+                "--idle-timeout",
             ),
         ] {
             let err = Config::from_argv(argv.clone()).unwrap_err();

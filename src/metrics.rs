@@ -29,6 +29,9 @@ pub const LINKS_RELOADS_TOTAL: &str = "clickedge_links_reloads_total";
 pub const LINKS_LAST_RELOAD_TIMESTAMP_SECONDS: &str =
     "clickedge_links_last_reload_timestamp_seconds";
 pub const CONNECTIONS_ACTIVE: &str = "clickedge_connections_active";
+/// Connections turned away at `--max-connections`, and closed by a timeout.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "clickedge_connections_refused_total";
+pub const CONNECTIONS_TIMED_OUT_TOTAL: &str = "clickedge_connections_timed_out_total";
 pub const BUILD_INFO: &str = "clickedge_build_info";
 pub const TLS_CERTIFICATES: &str = "clickedge_tls_certificates";
 pub const TLS_RELOADS_TOTAL: &str = "clickedge_tls_reloads_total";
@@ -155,6 +158,29 @@ pub enum Listener {
     Https,
 }
 
+/// Why a connection was closed on a timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// No complete request head within `--header-read-timeout`.
+    Header,
+    /// Nothing received within `--idle-timeout`.
+    Idle,
+    /// No TLS handshake or PROXY header within `--header-read-timeout`.
+    Handshake,
+}
+
+impl Timeout {
+    const ALL: [Timeout; 3] = [Timeout::Header, Timeout::Idle, Timeout::Handshake];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Timeout::Header => "header",
+            Timeout::Idle => "idle",
+            Timeout::Handshake => "handshake",
+        }
+    }
+}
+
 const REQUEST_SLOTS: usize = RequestType::COUNT * Outcome::COUNT * STATUSES.len();
 
 pub struct Metrics {
@@ -175,6 +201,9 @@ pub struct Metrics {
     reloads_error: Counter,
     last_reload: Gauge,
     connections: [Gauge; 3],
+    connections_refused: [Counter; 3],
+    /// By [`Timeout`]: the request head, the idle connection, the TLS handshake.
+    connections_timed_out: [Counter; 3],
     tls_certificates: Gauge,
     tls_reloads_success: Counter,
     tls_reloads_error: Counter,
@@ -208,6 +237,10 @@ impl Metrics {
             .map(|t| gauge(LINKS, &[("type", t)]));
         let connections =
             ["http", "admin", "https"].map(|l| gauge(CONNECTIONS_ACTIVE, &[("listener", l)]));
+        let connections_refused = ["http", "admin", "https"]
+            .map(|l| counter(CONNECTIONS_REFUSED_TOTAL, &[("listener", l)]));
+        let connections_timed_out =
+            Timeout::ALL.map(|t| counter(CONNECTIONS_TIMED_OUT_TOTAL, &[("timeout", t.as_str())]));
         gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         let metrics = Metrics {
             requests: (0..REQUEST_SLOTS).map(|_| OnceLock::new()).collect(),
@@ -227,6 +260,8 @@ impl Metrics {
             reloads_error: counter(LINKS_RELOADS_TOTAL, &[("result", "error")]),
             last_reload: gauge(LINKS_LAST_RELOAD_TIMESTAMP_SECONDS, &[]),
             connections,
+            connections_refused,
+            connections_timed_out,
             tls_certificates: gauge(TLS_CERTIFICATES, &[]),
             tls_reloads_success: counter(TLS_RELOADS_TOTAL, &[("result", "success")]),
             tls_reloads_error: counter(TLS_RELOADS_TOTAL, &[("result", "error")]),
@@ -309,6 +344,15 @@ impl Metrics {
 
     pub fn connection_closed(&self, listener: Listener) {
         self.connections[listener as usize].decrement(1.0);
+    }
+
+    /// A connection beyond `--max-connections`, closed at once.
+    pub fn connection_refused(&self, listener: Listener) {
+        self.connections_refused[listener as usize].increment(1);
+    }
+
+    pub fn connection_timed_out(&self, timeout: Timeout) {
+        self.connections_timed_out[timeout as usize].increment(1);
     }
 
     /// The Prometheus text exposition.

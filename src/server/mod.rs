@@ -10,6 +10,7 @@ mod admin;
 mod client_ip;
 mod edge;
 mod interstitial;
+mod limits;
 mod links_topic;
 pub mod reload;
 pub mod request;
@@ -30,13 +31,19 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::links::{LinkStore, LinksSource, Loaded};
-use crate::metrics::{Listener, Metrics};
+use crate::metrics::{Listener, Metrics, Timeout};
 use crate::sink::EventSink;
 use crate::tls::CertStore;
 use crate::useragent::Classifier;
 
-/// Slow clients get this long to send their request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head (request line and headers; on HTTP/2 the decoded
+/// header list) accepted: far above any real click, far below memory trouble.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+/// HTTP/2 streams open at once on one connection; more are refused by the protocol.
+const H2_MAX_STREAMS: u32 = 100;
+/// HTTP/2 streams a client may open and reset before they are served, per
+/// connection, before it is told to go away (rapid reset, CVE-2023-44487).
+const H2_MAX_PENDING_RESETS: usize = 20;
 /// The admin listener outlives the edge's drain by at most this, to answer probes.
 const ADMIN_DRAIN: Duration = Duration::from_secs(2);
 
@@ -71,6 +78,24 @@ pub struct AppState {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Every edge connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// `--header-read-timeout` and `--idle-timeout`.
+    pub timeouts: Timeouts,
+}
+
+/// How long a client may take, per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For the TLS handshake, the PROXY header, and each request head.
+    pub header_read: Duration,
+    /// With nothing received.
+    pub idle: Duration,
+}
+
+/// `--max-connections` for each listener.
+struct Limits {
+    http: limits::ConnectionLimit,
+    https: limits::ConnectionLimit,
+    admin: limits::ConnectionLimit,
 }
 
 pub struct Server {
@@ -81,6 +106,7 @@ pub struct Server {
     admin: TcpListener,
     shutdown_timeout: Duration,
     links_topic: Option<LinksTopic>,
+    limits: Limits,
 }
 
 /// `--links-topic`, with the Kafka settings to read it.
@@ -151,7 +177,20 @@ impl Server {
             certs,
             trusted_proxies: config.trusted_proxies,
             proxy_protocol: config.proxy_protocol,
+            timeouts: Timeouts {
+                header_read: config.header_read_timeout,
+                idle: config.idle_timeout,
+            },
         });
+        let edge_listeners = if https.is_some() { 2 } else { 1 };
+        limits::raise_open_files(
+            config.max_connections * edge_listeners + limits::ADMIN_MAX_CONNECTIONS + 256,
+        );
+        let limits = Limits {
+            http: limits::ConnectionLimit::new(config.max_connections),
+            https: limits::ConnectionLimit::new(config.max_connections),
+            admin: limits::ConnectionLimit::new(limits::ADMIN_MAX_CONNECTIONS),
+        };
         Ok(Server {
             state,
             http,
@@ -159,6 +198,7 @@ impl Server {
             admin,
             shutdown_timeout: config.shutdown_timeout,
             links_topic,
+            limits,
         })
     }
 
@@ -194,6 +234,7 @@ impl Server {
             admin,
             shutdown_timeout,
             links_topic,
+            limits,
         } = self;
         if let Some(LinksTopic {
             topic,
@@ -229,15 +270,21 @@ impl Server {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = http.accept() => {
-                    serve(&state, &edge_connections, accepted, Listener::Http).await;
+                    if let Some(accepted) = admit(&state, &limits.http, Listener::Http, accepted).await {
+                        serve(&state, &edge_connections, accepted, Listener::Http);
+                    }
                 }
                 accepted = accept_optional(&https) => {
-                    if let Some((_, acceptor)) = &https {
-                        serve_tls(&state, &edge_connections, acceptor.clone(), accepted).await;
+                    if let (Some((_, acceptor)), Some(accepted)) =
+                        (&https, admit(&state, &limits.https, Listener::Https, accepted).await)
+                    {
+                        serve_tls(&state, &edge_connections, acceptor.clone(), accepted);
                     }
                 }
                 accepted = admin.accept() => {
-                    serve(&state, &admin_connections, accepted, Listener::Admin).await;
+                    if let Some(accepted) = admit(&state, &limits.admin, Listener::Admin, accepted).await {
+                        serve(&state, &admin_connections, accepted, Listener::Admin);
+                    }
                 }
             }
         }
@@ -254,7 +301,9 @@ impl Server {
                 tokio::select! {
                     _ = &mut admin_stopped => break,
                     accepted = admin.accept() => {
-                        serve(&admin_state, &admin_connections, accepted, Listener::Admin).await;
+                        if let Some(accepted) = admit(&admin_state, &limits.admin, Listener::Admin, accepted).await {
+                            serve(&admin_state, &admin_connections, accepted, Listener::Admin);
+                        }
                     }
                 }
             }
@@ -381,62 +430,142 @@ async fn accept_optional(
     }
 }
 
+/// A connection accepted, with its place under the listener's cap.
+struct Accepted {
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    /// Released when the connection's task ends.
+    place: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Takes an accepted connection if the listener is under its cap, or turns it
+/// away (counted); on a failed accept (out of file descriptors and the like)
+/// backs off instead of spinning.
+async fn admit(
+    state: &AppState,
+    limit: &limits::ConnectionLimit,
+    listener: Listener,
+    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+) -> Option<Accepted> {
+    let (stream, peer) = match accepted {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            warn!(message = "Accept failed.", %error);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return None;
+        }
+    };
+    let Some(place) = limit.admit() else {
+        state.metrics.connection_refused(listener);
+        debug!(message = "Connection refused: at --max-connections.", %peer, ?listener);
+        limits::refuse(stream, listener != Listener::Https);
+        return None;
+    };
+    // Answers are small writes; nothing is gained by holding them back.
+    let _ = stream.set_nodelay(true);
+    Some(Accepted {
+        stream,
+        peer,
+        place,
+    })
+}
+
+/// HTTP/1.1 as every listener speaks it: request heads bounded in size, count
+/// (hyper's 100 headers) and time.
+fn http1(timeouts: Timeouts) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read)
+        .max_buf_size(MAX_REQUEST_HEAD);
+    builder
+}
+
+/// HTTP/2 over TLS: streams, header lists and early resets bounded.
+fn http2() -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
+    let mut builder =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(MAX_REQUEST_HEAD as u32)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS);
+    builder
+}
+
+/// Logs how a connection ended, counting hyper's request-head timeout.
+fn connection_ended(state: &AppState, outcome: hyper::Result<()>, peer: SocketAddr) {
+    if let Err(error) = outcome {
+        if error.is_timeout() {
+            state.metrics.connection_timed_out(Timeout::Header);
+        }
+        debug!(message = "Connection ended with an error.", %error, %peer);
+    }
+}
+
 /// Completes the TLS handshake and serves HTTP/2 or HTTP/1.1, as ALPN chose, on a
 /// task of its own.
-async fn serve_tls(
+fn serve_tls(
     state: &Arc<AppState>,
     connections: &GracefulShutdown,
     acceptor: tokio_rustls::TlsAcceptor,
-    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+    accepted: Accepted,
 ) {
-    let Some((stream, peer)) = accepted_stream(accepted).await else {
-        return;
-    };
+    let Accepted {
+        stream,
+        peer,
+        place,
+    } = accepted;
     let watcher = connections.watcher();
     let state = state.clone();
     tokio::spawn(async move {
         let metrics = state.metrics.clone();
         metrics.connection_opened(Listener::Https);
-        let Some((stream, peer)) = proxied(&state, stream, peer).await else {
-            metrics.connection_closed(Listener::Https);
-            return;
-        };
-        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => {
-                let handler_state = state.clone();
-                let service = service_fn(move |request| {
-                    let state = handler_state.clone();
-                    async move { Ok::<_, Infallible>(edge::handle(&state, &request, peer, true)) }
-                });
-                let mut builder = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT);
-                let connection = builder.serve_connection(TokioIo::new(tls), service);
-                if let Err(error) = watcher.watch(connection).await {
-                    debug!(message = "TLS connection ended with an error.", %error, %peer);
+        let timeouts = state.timeouts;
+        if let Some((stream, peer)) = proxied(&state, stream, peer).await {
+            let stream = limits::IdleTimeout::new(stream, timeouts.idle, metrics.clone());
+            match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let handler_state = state.clone();
+                    let service = service_fn(move |request| {
+                        let state = handler_state.clone();
+                        async move { Ok::<_, Infallible>(edge::handle(&state, &request, peer, true)) }
+                    });
+                    let io = TokioIo::new(tls);
+                    let outcome = if h2 {
+                        watcher.watch(http2().serve_connection(io, service)).await
+                    } else {
+                        watcher
+                            .watch(http1(timeouts).serve_connection(io, service))
+                            .await
+                    };
+                    connection_ended(&state, outcome, peer);
+                }
+                Ok(Err(error)) => debug!(message = "TLS handshake failed.", %error, %peer),
+                Err(_) => {
+                    metrics.connection_timed_out(Timeout::Handshake);
+                    debug!(message = "TLS handshake timed out.", %peer);
                 }
             }
-            Ok(Err(error)) => debug!(message = "TLS handshake failed.", %error, %peer),
-            Err(_) => debug!(message = "TLS handshake timed out.", %peer),
         }
         metrics.connection_closed(Listener::Https);
+        drop(place);
     });
 }
 
 /// Starts serving one accepted connection on its own task.
-async fn serve(
+fn serve(
     state: &Arc<AppState>,
     connections: &GracefulShutdown,
-    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+    accepted: Accepted,
     listener: Listener,
 ) {
-    let Some((stream, peer)) = accepted_stream(accepted).await else {
-        return;
-    };
+    let Accepted {
+        stream,
+        peer,
+        place,
+    } = accepted;
     let watcher = connections.watcher();
     let state = state.clone();
     tokio::spawn(async move {
@@ -447,6 +576,7 @@ async fn serve(
             _ => proxied(&state, stream, peer).await,
         };
         if let Some((stream, peer)) = proxied {
+            let stream = limits::IdleTimeout::new(stream, state.timeouts.idle, metrics.clone());
             let handler_state = state.clone();
             let service = service_fn(move |request| {
                 let state = handler_state.clone();
@@ -458,34 +588,12 @@ async fn serve(
                     })
                 }
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
-                debug!(message = "Connection ended with an error.", %error, %peer);
-            }
+            let connection = http1(state.timeouts).serve_connection(TokioIo::new(stream), service);
+            connection_ended(&state, watcher.watch(connection).await, peer);
         }
         metrics.connection_closed(listener);
+        drop(place);
     });
-}
-
-/// The connection an accept gave, ready for small writes; on a failed accept (out
-/// of file descriptors and the like) backs off instead of spinning.
-async fn accepted_stream(
-    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    match accepted {
-        Ok((stream, peer)) => {
-            let _ = stream.set_nodelay(true);
-            Some((stream, peer))
-        }
-        Err(error) => {
-            warn!(message = "Accept failed.", %error);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            None
-        }
-    }
 }
 
 /// With `--proxy-protocol`, reads the PROXY header: the client's address replaces
@@ -499,7 +607,7 @@ async fn proxied(
         return Some((client_ip::PrefixedStream::new(Vec::new(), stream), peer));
     }
     match tokio::time::timeout(
-        HEADER_READ_TIMEOUT,
+        state.timeouts.header_read,
         client_ip::read_proxy_header(&mut stream, peer),
     )
     .await
@@ -510,6 +618,7 @@ async fn proxied(
             None
         }
         Err(_) => {
+            state.metrics.connection_timed_out(Timeout::Handshake);
             warn!(message = "No PROXY protocol header in time; connection closed.", %peer);
             None
         }

@@ -6,6 +6,7 @@ mod client_ip;
 mod delivery;
 mod events;
 mod hostile;
+mod limits;
 mod links;
 mod mobile;
 mod ops;

@@ -65,7 +65,7 @@ impl ServerCertVerifier for Recorder {
 
 /// A TLS connection to `addr` with SNI `name`; returns the stream and the DNS names
 /// of the certificate the server presented.
-async fn connect(
+pub async fn connect(
     addr: SocketAddr,
     name: &str,
     alpn: &[&[u8]],
@@ -133,7 +133,7 @@ fn write_pair(dir: &Path, stem: &str, names: &[&str]) {
 
 /// A certificate directory as an operator would lay it out: a PEM pair, and a
 /// mounted Kubernetes TLS Secret.
-fn cert_dir() -> tempfile::TempDir {
+pub fn cert_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_pair(dir.path(), "tracking", &["acme.sjv.io", "*.acme-deals.com"]);
     let secret = dir.path().join("acmeradio-tls");
@@ -153,7 +153,7 @@ fn cert_dir() -> tempfile::TempDir {
     dir
 }
 
-async fn https_get(
+pub async fn https_get(
     stream: TlsStream<TcpStream>,
     host: &str,
     target: &str,

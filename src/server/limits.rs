@@ -1,0 +1,183 @@
+//! What a connection may take: a place under `--max-connections`, and time bounded
+//! by `--header-read-timeout` and `--idle-timeout`.
+//!
+//! The request head's limits (size, count, time) are hyper's, set where the
+//! connections are built (`super::http1` and `super::http2`); this module holds the
+//! parts hyper has no setting for.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tracing::{info, warn};
+
+use crate::metrics::{Metrics, Timeout};
+
+/// The admin listener's own cap: probes and scrapes, never thousands.
+pub const ADMIN_MAX_CONNECTIONS: usize = 1024;
+
+/// The most connections a listener serves at once; a connection past the cap is
+/// answered at once and closed, so a flood never queues up behind real clicks.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimit {
+    places: Arc<Semaphore>,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> ConnectionLimit {
+        ConnectionLimit {
+            places: Arc::new(Semaphore::new(max)),
+        }
+    }
+
+    /// A place for one connection, held until it closes; `None` at the cap.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.places.clone().try_acquire_owned().ok()
+    }
+}
+
+/// What an HTTP client past the cap reads before the connection closes.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain\r\ncontent-length: 20\r\nretry-after: 1\r\nconnection: close\r\n\r\n\
+too many connections";
+
+/// Turns a connection away without waiting on it: a plain HTTP client reads a 503
+/// (written without blocking into the fresh socket's empty buffer); a TLS client
+/// sees the connection close. Either way the client may retry elsewhere.
+pub fn refuse(stream: tokio::net::TcpStream, http: bool) {
+    if http {
+        let _ = stream.try_write(REFUSAL);
+        // Our FIN after the answer, rather than a reset that could discard it.
+        let _ = rustix::net::shutdown(&stream, rustix::net::Shutdown::Write);
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit, since every connection
+/// is a file descriptor; warns when the connection caps cannot all be reached.
+pub fn raise_open_files(wanted: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            warn!(message = "Cannot raise the open-file limit.", %error);
+            limit = getrlimit(Resource::Nofile);
+        }
+    }
+    let open_files = limit.current.unwrap_or(u64::MAX);
+    if (open_files as u128) < wanted as u128 {
+        warn!(
+            message =
+                "The open-file limit is below the connection caps; accepts will fail before them.",
+            open_files, wanted
+        );
+    } else {
+        info!(message = "Open-file limit.", open_files);
+    }
+}
+
+/// A connection closed when nothing arrives on it for `idle`: HTTP/2 connections
+/// (which hyper would keep forever) and stalled HTTP/1 bodies. Reads only mark the
+/// connection active; the timer wakes four times per `idle`, so a silent
+/// connection closes between `idle` and 1.25 × `idle` after its last byte, and a
+/// busy one costs a store per read, not a timer reset.
+pub struct IdleTimeout<S> {
+    inner: S,
+    quarter: Duration,
+    /// Quarters passed with nothing read.
+    silent: u8,
+    active: bool,
+    timer: Pin<Box<Sleep>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> IdleTimeout<S> {
+    pub fn new(inner: S, idle: Duration, metrics: Arc<Metrics>) -> IdleTimeout<S> {
+        let quarter = idle / 4;
+        IdleTimeout {
+            inner,
+            quarter,
+            silent: 0,
+            active: false,
+            timer: Box::pin(tokio::time::sleep(quarter)),
+            metrics,
+        }
+    }
+
+    /// Whether the connection has been silent for `idle`; keeps the timer armed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if std::mem::take(&mut self.active) {
+                self.silent = 0;
+            } else {
+                self.silent += 1;
+                if self.silent >= 4 {
+                    return true;
+                }
+            }
+            let next = Instant::now() + self.quarter;
+            self.timer.as_mut().reset(next);
+        }
+        false
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.active = true;
+                Poll::Ready(result)
+            }
+            Poll::Pending if this.expired(cx) => {
+                this.metrics.connection_timed_out(Timeout::Idle);
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "idle timeout: nothing received",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
