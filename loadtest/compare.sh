@@ -5,9 +5,11 @@
 #   loadtest/compare.sh                      # 1M links, 20 s per server
 #   LINKS=10000 DURATION=10s loadtest/compare.sh
 #   SERVERS=clickedge loadtest/compare.sh    # only some (floor nginx haproxy clickedge)
+#   SERVER_CPUS=0,1 LOAD_CPUS=0,1 loadtest/compare.sh   # two server cores (shared with wrk)
 #
-# Each server runs pinned to core 0, wrk (64 connections, a Lua target list) to
-# core 1. Recorded: redirects/s, p50/p99/p99.9, server CPU time per redirect
+# Each server runs pinned to SERVER_CPUS (core 0; one nginx worker, HAProxy
+# thread, tokio worker per core), wrk (64 connections, a Lua target list, a thread
+# per core) to LOAD_CPUS (core 1). Recorded: redirects/s, p50/p99/p99.9, server CPU time per redirect
 # (utime+stime from /proc), RSS, time to ready. clickedge writes every click's
 # event to a real tansu broker. Output: loadtest/results/compare-*.md and .png.
 set -euo pipefail
@@ -16,6 +18,10 @@ LINKS="${LINKS:-1000000}"
 DURATION="${DURATION:-20s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 SERVERS="${SERVERS:-floor nginx haproxy clickedge}"
+SERVER_CPUS="${SERVER_CPUS:-0}"
+LOAD_CPUS="${LOAD_CPUS:-1}"
+cores=$(echo "$SERVER_CPUS" | tr ',' '\n' | wc -l)
+load_threads=$(echo "$LOAD_CPUS" | tr ',' '\n' | wc -l)
 wanted() { [[ " $SERVERS " == *" $1 "* ]]; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/clickedge-ci/target}"
 
@@ -40,11 +46,11 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out="loadtest/results/compare-$stamp"
 tick=$(getconf CLK_TCK)
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { for p in $1; do cat "/proc/$p/stat"; done | awk '{t += $14 + $15} END {print t}'; }
 # CPU time the hypervisor took from this VM: a noisy neighbour shows here.
 steal_and_total() { awk '/^cpu / {print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 read -r steal0 total0 < <(steal_and_total)
-rss_mb() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$1/status"; }
+rss_mb() { for p in $1; do cat "/proc/$p/status"; done | awk '/VmRSS/ {kb += $2} END {printf "%d", kb / 1024}'; }
 wait_ready() { # url host
   local start=$(date +%s.%N) tries=0
   until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $2" "$1")" = 302 ]; do
@@ -70,7 +76,7 @@ echo "|---|---|---|---|---|---|---|---|" >>"$out.md"
 run() { # name port pid ready
   local name=$1 port=$2 pid=$3 ready=$4 before after
   before=$(cpu_ticks "$pid")
-  TARGETS="$data/targets.txt" taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s loadtest/targets.lua \
+  TARGETS="$data/targets.txt" taskset -c "$LOAD_CPUS" wrk -t"$load_threads" -c"$CONNECTIONS" -d"$DURATION" -s loadtest/targets.lua \
     "http://127.0.0.1:$port/" >"$work/$name.wrk"
   after=$(cpu_ticks "$pid")
   local rps reqs p50 p99 p999 cpu
@@ -85,7 +91,7 @@ run() { # name port pid ready
 
 # The floor: constant 302.
 if wanted floor; then
-taskset -c 0 "$CARGO_TARGET_DIR/release/examples/floor" 127.0.0.1:18780 &
+taskset -c "$SERVER_CPUS" "$CARGO_TARGET_DIR/release/examples/floor" 127.0.0.1:18780 &
 pid=$!; ready=$(wait_ready "http://127.0.0.1:18780$probe_path" "$probe_host")
 run "hyper floor (constant 302)" 18780 $pid "$ready"; kill $pid
 fi
@@ -93,7 +99,7 @@ fi
 # nginx: map $host$uri, one worker.
 if wanted nginx; then
 cat >"$work/nginx.conf" <<CONF
-worker_processes 1;
+worker_processes $cores;
 error_log $work/nginx-error.log;
 pid $work/nginx.pid;
 events { worker_connections 4096; }
@@ -113,10 +119,10 @@ http {
   }
 }
 CONF
-taskset -c 0 nginx -c "$work/nginx.conf"
+taskset -c "$SERVER_CPUS" nginx -c "$work/nginx.conf"
 ready=$(wait_ready "http://127.0.0.1:18580$probe_path" "$probe_host")
-pid=$(pgrep -f "nginx: worker process" | head -1)
-run "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (map, 1 worker)" 18580 "$pid" "$ready"
+pid=$(pgrep -d' ' -f "nginx: worker process") # every worker's
+run "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (map, $cores worker)" 18580 "$pid" "$ready"
 kill "$(cat "$work/nginx.pid")"
 fi
 
@@ -124,7 +130,7 @@ fi
 if wanted haproxy; then
 cat >"$work/haproxy.cfg" <<CONF
 global
-  nbthread 1
+  nbthread $cores
   maxconn 4096
 defaults
   mode http
@@ -137,16 +143,16 @@ frontend edge
   http-request redirect location %[req.hdr(host),map($data/haproxy-fallback.map)] code 302 if { req.hdr(host),map($data/haproxy-fallback.map) -m found }
   http-request return status 404
 CONF
-taskset -c 0 haproxy -f "$work/haproxy.cfg" -q &
+taskset -c "$SERVER_CPUS" haproxy -f "$work/haproxy.cfg" -q &
 pid=$!; ready=$(wait_ready "http://127.0.0.1:18680$probe_path" "$probe_host")
-run "HAProxy $(haproxy -v | awk 'NR==1 {print $3}') (map, 1 thread)" 18680 $pid "$ready"; kill $pid
+run "HAProxy $(haproxy -v | awk 'NR==1 {print $3}') (map, $cores thread)" 18680 $pid "$ready"; kill $pid
 fi
 
 # clickedge: events on, to tansu.
 touch "$work/clickedge-events.txt"
 if wanted clickedge; then
 rm -rf "$work/spool"
-RUST_LOG=warn taskset -c 0 "$bin" --links "$data/links.ndjson" --http 127.0.0.1:18480 --admin 127.0.0.1:19480 \
+RUST_LOG=warn taskset -c "$SERVER_CPUS" "$bin" --links "$data/links.ndjson" --http 127.0.0.1:18480 --admin 127.0.0.1:19480 \
   --kafka-brokers 127.0.0.1:19192 --spool-dir "$work/spool" 2>"$work/clickedge.log" &
 pid=$!; ready=$(wait_ready "http://127.0.0.1:18480$probe_path" "$probe_host")
 run "clickedge $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2) (events to tansu)" 18480 $pid "$ready"
@@ -160,7 +166,7 @@ steal=$(echo "scale=1; 100 * ($steal1 - $steal0) / ($total1 - $total0)" | bc)
 {
   echo
   echo "CPU stolen by the hypervisor during the run: $steal% (figures from a run with more than ~1% are noise)."
-  echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); each server pinned to core 0, wrk to core 1;"
+  echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); each server pinned to cores $SERVER_CPUS, wrk to cores $LOAD_CPUS;"
   echo "$LINKS links, $CONNECTIONS connections, $DURATION per server. clickedge's events: $(tr '\n' ' ' <"$work/clickedge-events.txt")"
 } >>"$out.md"
 python3 loadtest/plot.py "$out.md" "$out.png"

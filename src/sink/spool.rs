@@ -254,22 +254,11 @@ impl Spool {
             });
         }
         let id = self.active_segment()?;
-        let mut crc = crc32c::crc32c(&(key.len() as u16).to_le_bytes());
-        crc = crc32c::crc32c_append(crc, key);
-        crc = crc32c::crc32c_append(crc, value);
         let (_, writer) = self
             .writer
             .as_mut()
             .expect("an active segment has a writer");
-        let written = (|| {
-            writer.write_all(&MAGIC)?;
-            writer.write_all(&(payload_len as u32).to_le_bytes())?;
-            writer.write_all(&crc.to_le_bytes())?;
-            writer.write_all(&(key.len() as u16).to_le_bytes())?;
-            writer.write_all(key)?;
-            writer.write_all(value)
-        })();
-        if let Err(source) = written {
+        if let Err(source) = write_frame(writer, key, value) {
             self.abandon_active();
             return Err(self.io(source));
         }
@@ -461,6 +450,21 @@ impl Spool {
     }
 }
 
+/// Writes one frame; the caller checked the sizes (payload ≤ `MAX_PAYLOAD`, key
+/// ≤ 64 KiB).
+pub fn write_frame(writer: &mut impl Write, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let payload_len = 2 + key.len() + value.len();
+    let mut crc = crc32c::crc32c(&(key.len() as u16).to_le_bytes());
+    crc = crc32c::crc32c_append(crc, key);
+    crc = crc32c::crc32c_append(crc, value);
+    writer.write_all(&MAGIC)?;
+    writer.write_all(&(payload_len as u32).to_le_bytes())?;
+    writer.write_all(&crc.to_le_bytes())?;
+    writer.write_all(&(key.len() as u16).to_le_bytes())?;
+    writer.write_all(key)?;
+    writer.write_all(value)
+}
+
 /// Reads the frames between byte offsets `from` and `to` of a segment file,
 /// stopping after about `budget` bytes. Corrupt stretches come back as
 /// [`Frame::Corrupt`], and reading resumes at the next magic.
@@ -472,7 +476,14 @@ pub fn read_frames(path: &Path, from: u64, to: u64, budget: u64) -> io::Result<V
     file.take(want as u64).read_to_end(&mut buf)?;
     // Whether `buf` ends at the end of the data (so a short tail is torn, not cut).
     let at_end = from + buf.len() as u64 >= to;
+    Ok(parse_frames(&buf, from, at_end, budget))
+}
 
+/// The frames in `buf`, read from offset `from` of a segment; `at_end` says the
+/// segment's data ends with `buf` (a short tail is torn, not cut off by the read).
+/// Frame ends are offsets in the segment, increasing; reading stops after about
+/// `budget` bytes, or before a frame `buf` holds only the start of.
+pub fn parse_frames(buf: &[u8], from: u64, at_end: bool, budget: u64) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut pos = 0usize;
     let mut corrupt_from: Option<usize> = None;
@@ -513,7 +524,7 @@ pub fn read_frames(path: &Path, from: u64, to: u64, budget: u64) -> io::Result<V
             end: from + pos as u64,
         });
     }
-    Ok(frames)
+    frames
 }
 
 enum Parsed {
