@@ -73,14 +73,10 @@ pub struct RunArgs {
     pub proxy_protocol: bool,
 
     /// Connections served at once on each of --http and --https; one more is
-    /// answered 503 (HTTP) or closed (HTTPS) at once and counted.
-    #[arg(
-        long,
-        env = "CLICKEDGE_MAX_CONNECTIONS",
-        default_value = "50000",
-        value_name = "COUNT"
-    )]
-    pub max_connections: usize,
+    /// answered 503 (HTTP) or closed (HTTPS) at once and counted. Default: 50000,
+    /// or fewer if the open-file limit cannot hold that many.
+    #[arg(long, env = "CLICKEDGE_MAX_CONNECTIONS", value_name = "COUNT")]
+    pub max_connections: Option<usize>,
 
     /// Time a client has to send a complete request head, counted from the
     /// connection's start or the previous response (so it is also HTTP/1's
@@ -250,8 +246,8 @@ pub struct Config {
     pub click_id_param: String,
     pub visitor_cookie: bool,
     pub shutdown_timeout: Duration,
-    /// `--max-connections`, per edge listener.
-    pub max_connections: usize,
+    /// `--max-connections`, per edge listener; `None`: fit the open-file limit.
+    pub max_connections: Option<usize>,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -369,7 +365,7 @@ impl Config {
         };
         let header_read_timeout = positive("header-read-timeout", &args.header_read_timeout)?;
         let idle_timeout = positive("idle-timeout", &args.idle_timeout)?;
-        if args.max_connections == 0 {
+        if args.max_connections == Some(0) {
             return Err(ConfigError::Zero {
                 flag: "max-connections",
                 value: "0".to_owned(),
@@ -505,7 +501,7 @@ mod tests {
         assert_eq!(c.spool.max_bytes, 1 << 30);
         assert_eq!(c.spool.fsync_interval, Duration::from_millis(200));
         assert!(!c.node_id.is_empty());
-        assert_eq!(c.max_connections, 50_000);
+        assert_eq!(c.max_connections, None);
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
     }

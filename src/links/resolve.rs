@@ -213,6 +213,41 @@ mod tests {
         ));
     }
 
+    /// The path rules of the README's "Paths and queries": tracking segments are
+    /// compared as sent (never decoded), a slug is decoded once, and no dot
+    /// segments or doubled slashes are folded.
+    #[test]
+    fn paths_are_matched_as_sent_without_folding() {
+        let map = map();
+        for (path, want) in [
+            ("/c/1234/%35678/9012", Some(LinkKind::Fallback)),
+            ("/c/1234/5678/../9012", Some(LinkKind::Fallback)),
+            ("/c//1234/5678/9012", Some(LinkKind::Fallback)),
+            ("/C/1234/5678/9012", Some(LinkKind::Fallback)),
+            ("/c/1234/5678/9012/../../x", Some(LinkKind::Tracking)),
+        ] {
+            assert_eq!(
+                kind_of(&resolve(&map, "acme.sjv.io", path, NOW)),
+                want,
+                "{path}"
+            );
+        }
+        for (path, vanity) in [
+            ("/%4Aanes-picks", true),
+            ("/janes%252Dpicks", false),
+            ("/janes-picks%2F", false),
+            ("/./janes-picks", false),
+            ("/%ff", false),
+        ] {
+            let route = resolve(&map, "acme.pxf.io", path, NOW);
+            assert_eq!(
+                kind_of(&route) == Some(LinkKind::Vanity),
+                vanity,
+                "{path}: {route:?}"
+            );
+        }
+    }
+
     #[test]
     fn domain_matches_any_path_on_host_and_www() {
         let map = map();

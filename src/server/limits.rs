@@ -58,9 +58,16 @@ pub fn refuse(stream: tokio::net::TcpStream, http: bool) {
     }
 }
 
-/// Raises this process's open-file limit to its hard limit, since every connection
-/// is a file descriptor; warns when the connection caps cannot all be reached.
-pub fn raise_open_files(wanted: usize) {
+/// `--max-connections` when it is not given, if the open-file limit allows.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Files kept for everything but edge connections: the admin listener's cap,
+/// Kafka's sockets, the spool, certificates being read.
+const RESERVED_FILES: u64 = ADMIN_MAX_CONNECTIONS as u64 + 256;
+
+/// Raises this process's open-file limit to its hard limit (every connection is a
+/// file descriptor) and returns the cap per edge listener: `configured`, with a
+/// warning if the limit cannot hold it, or the default, lowered to fit.
+pub fn connection_cap(configured: Option<usize>, edge_listeners: usize) -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
@@ -71,14 +78,23 @@ pub fn raise_open_files(wanted: usize) {
         }
     }
     let open_files = limit.current.unwrap_or(u64::MAX);
-    if (open_files as u128) < wanted as u128 {
-        warn!(
-            message =
-                "The open-file limit is below the connection caps; accepts will fail before them.",
-            open_files, wanted
-        );
-    } else {
-        info!(message = "Open-file limit.", open_files);
+    let fits = (open_files.saturating_sub(RESERVED_FILES) / edge_listeners as u64).max(1);
+    let fits = usize::try_from(fits).unwrap_or(usize::MAX);
+    match configured {
+        Some(cap) if cap > fits => {
+            warn!(
+                message = "The open-file limit is below --max-connections; accepts will fail before the cap.",
+                open_files,
+                max_connections = cap
+            );
+            cap
+        }
+        Some(cap) => cap,
+        None => {
+            let cap = DEFAULT_MAX_CONNECTIONS.min(fits);
+            info!(message = "Connection cap per listener.", max_connections = cap, open_files);
+            cap
+        }
     }
 }
 

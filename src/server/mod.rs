@@ -183,12 +183,10 @@ impl Server {
             },
         });
         let edge_listeners = if https.is_some() { 2 } else { 1 };
-        limits::raise_open_files(
-            config.max_connections * edge_listeners + limits::ADMIN_MAX_CONNECTIONS + 256,
-        );
+        let cap = limits::connection_cap(config.max_connections, edge_listeners);
         let limits = Limits {
-            http: limits::ConnectionLimit::new(config.max_connections),
-            https: limits::ConnectionLimit::new(config.max_connections),
+            http: limits::ConnectionLimit::new(cap),
+            https: limits::ConnectionLimit::new(cap),
             admin: limits::ConnectionLimit::new(limits::ADMIN_MAX_CONNECTIONS),
         };
         Ok(Server {

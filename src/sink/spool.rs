@@ -506,7 +506,7 @@ pub fn parse_frames(buf: &[u8], from: u64, at_end: bool, budget: u64) -> Vec<Fra
             Parsed::NeedMore | Parsed::Bad => {
                 corrupt_from.get_or_insert(pos);
                 // Resume at the next magic after this position.
-                match find_magic(&buf, pos + 1) {
+                match find_magic(buf, pos + 1) {
                     Some(next) => pos = next,
                     None if at_end => pos = buf.len(),
                     None => {
