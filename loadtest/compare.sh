@@ -51,8 +51,9 @@ cpu_ticks() { for p in $1; do cat "/proc/$p/stat"; done | awk '{t += $14 + $15} 
 steal_and_total() { awk '/^cpu / {print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 read -r steal0 total0 < <(steal_and_total)
 rss_mb() { for p in $1; do cat "/proc/$p/status"; done | awk '/VmRSS/ {kb += $2} END {printf "%d", kb / 1024}'; }
+# Seconds from $launched (set just before a server is started) to its first redirect.
 wait_ready() { # url host
-  local start=$(date +%s.%N) tries=0
+  local start=$launched tries=0
   until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $2" "$1")" = 302 ]; do
     tries=$((tries + 1))
     [ $tries -lt 3000 ] || { echo "no redirect from $1 within a minute" >&2; exit 1; }
@@ -91,6 +92,7 @@ run() { # name port pid ready
 
 # The floor: constant 302.
 if wanted floor; then
+launched=$(date +%s.%N)
 taskset -c "$SERVER_CPUS" "$CARGO_TARGET_DIR/release/examples/floor" 127.0.0.1:18780 &
 pid=$!; ready=$(wait_ready "http://127.0.0.1:18780$probe_path" "$probe_host")
 run "hyper floor (constant 302)" 18780 $pid "$ready"; kill $pid
@@ -119,6 +121,7 @@ http {
   }
 }
 CONF
+launched=$(date +%s.%N) # nginx loads its maps before it daemonizes: counted
 taskset -c "$SERVER_CPUS" nginx -c "$work/nginx.conf"
 ready=$(wait_ready "http://127.0.0.1:18580$probe_path" "$probe_host")
 pid=$(pgrep -d' ' -f "nginx: worker process") # every worker's
@@ -143,6 +146,7 @@ frontend edge
   http-request redirect location %[req.hdr(host),map($data/haproxy-fallback.map)] code 302 if { req.hdr(host),map($data/haproxy-fallback.map) -m found }
   http-request return status 404
 CONF
+launched=$(date +%s.%N)
 taskset -c "$SERVER_CPUS" haproxy -f "$work/haproxy.cfg" -q &
 pid=$!; ready=$(wait_ready "http://127.0.0.1:18680$probe_path" "$probe_host")
 run "HAProxy $(haproxy -v | awk 'NR==1 {print $3}') (map, $cores thread)" 18680 $pid "$ready"; kill $pid
@@ -152,6 +156,7 @@ fi
 touch "$work/clickedge-events.txt"
 if wanted clickedge; then
 rm -rf "$work/spool"
+launched=$(date +%s.%N)
 RUST_LOG=warn taskset -c "$SERVER_CPUS" "$bin" --links "$data/links.ndjson" --http 127.0.0.1:18480 --admin 127.0.0.1:19480 \
   --kafka-brokers 127.0.0.1:19192 --spool-dir "$work/spool" 2>"$work/clickedge.log" &
 pid=$!; ready=$(wait_ready "http://127.0.0.1:18480$probe_path" "$probe_host")

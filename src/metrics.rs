@@ -18,6 +18,8 @@ pub const REQUESTS_TOTAL: &str = "clickedge_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "clickedge_request_duration_seconds";
 pub const CLICK_EVENTS_TOTAL: &str = "clickedge_click_events_total";
 pub const SPOOL_SIZE_BYTES: &str = "clickedge_spool_size_bytes";
+/// `--spool-max-bytes`, so alerts can say how full the spool is.
+pub const SPOOL_MAX_BYTES: &str = "clickedge_spool_max_bytes";
 pub const SPOOL_SEGMENTS: &str = "clickedge_spool_segments";
 /// Bytes in the spool not yet sent to Kafka: what replay still has to do.
 pub const SPOOL_BACKLOG_BYTES: &str = "clickedge_spool_backlog_bytes";
@@ -191,6 +193,7 @@ pub struct Metrics {
     request_duration: Histogram,
     events: [Counter; 6],
     pub spool_size_bytes: Gauge,
+    pub spool_max_bytes: Gauge,
     pub spool_segments: Gauge,
     pub spool_backlog_bytes: Gauge,
     pub spool_corrupt_records: Counter,
@@ -250,6 +253,7 @@ impl Metrics {
             ),
             events,
             spool_size_bytes: gauge(SPOOL_SIZE_BYTES, &[]),
+            spool_max_bytes: gauge(SPOOL_MAX_BYTES, &[]),
             spool_segments: gauge(SPOOL_SEGMENTS, &[]),
             spool_backlog_bytes: gauge(SPOOL_BACKLOG_BYTES, &[]),
             spool_corrupt_records: counter(SPOOL_CORRUPT_RECORDS_TOTAL, &[]),

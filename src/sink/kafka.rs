@@ -390,6 +390,21 @@ fn spawn_monitor(kafka: std::sync::Weak<Kafka>, stop: Arc<AtomicBool>) {
 mod tests {
     use super::*;
 
+    /// Managed Kafka needs TLS and SASL (PLAIN, SCRAM) in the librdkafka we link.
+    #[test]
+    fn librdkafka_is_built_with_tls_and_sasl() {
+        let native = rdkafka::ClientConfig::new()
+            .create_native_config()
+            .expect("an empty configuration");
+        let features = native.get("builtin.features").expect("builtin.features");
+        for wanted in ["ssl", "sasl_plain", "sasl_scram"] {
+            assert!(
+                features.split(',').any(|f| f == wanted),
+                "{wanted} missing from {features}"
+            );
+        }
+    }
+
     #[test]
     fn log_every_second_lets_the_first_through_then_counts() {
         let limiter = LogEverySecond::new();

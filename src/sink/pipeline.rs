@@ -90,6 +90,7 @@ impl EventSink {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<EventSink>, SinkError> {
         let opened = Spool::open(&spool.dir, spool.max_bytes, SEGMENT_MAX_BYTES)?;
+        metrics.spool_max_bytes.set(spool.max_bytes as f64);
         if opened.backlog_bytes() > 0 {
             info!(
                 message = "Spool holds events from an earlier run; they will be replayed.",

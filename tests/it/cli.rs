@@ -216,6 +216,7 @@ pub struct Running {
     lines: mpsc::Receiver<String>,
     /// Every line read so far, so a wait finds lines that came before it.
     seen: std::cell::RefCell<Vec<String>>,
+    _spool: Option<tempfile::TempDir>,
 }
 
 impl Running {
@@ -231,9 +232,16 @@ impl Running {
         (running, http.parse().unwrap())
     }
 
+    /// Starts the edge with `args`, on a spool directory of its own unless `args`
+    /// name one (edges sharing the default directory would refuse each other).
     pub fn start(args: &[&str]) -> Running {
-        let mut child = binary()
-            .args(args)
+        let spool = (!args.contains(&"--spool-dir")).then(|| tempfile::tempdir().unwrap());
+        let mut command = binary();
+        command.args(args);
+        if let Some(dir) = &spool {
+            command.arg("--spool-dir").arg(dir.path());
+        }
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -250,6 +258,7 @@ impl Running {
             child,
             lines,
             seen: Default::default(),
+            _spool: spool,
         }
     }
 

@@ -4,6 +4,7 @@
 mod cli;
 mod client_ip;
 mod delivery;
+mod deploy;
 mod events;
 mod hostile;
 mod limits;

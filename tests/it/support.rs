@@ -287,12 +287,26 @@ pub fn consume_blocking(
     count: usize,
     timeout: Duration,
 ) -> Vec<Consumed> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    consume_blocking_with(bootstrap, &[], topic, count, timeout)
+}
+
+/// As [`consume_blocking`], with librdkafka `options` (TLS, SASL).
+pub fn consume_blocking_with(
+    bootstrap: &str,
+    options: &[(&str, &str)],
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Consumed> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "clickedge-tests")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+        .set("enable.auto.commit", "false");
+    for (key, value) in options {
+        config.set(*key, *value);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
     let deadline = Instant::now() + timeout;
     let partitions = loop {
         let metadata = consumer
