@@ -246,10 +246,24 @@ pub fn accept_deeplink(candidate: &str, allowed: &[HostPattern]) -> Option<Desti
     }
     let host = url.host_str()?;
     let host = host.strip_suffix('.').unwrap_or(host);
-    if !allowed.iter().any(|pattern| pattern.matches(host)) {
+    // The URL standard lets `*`, `,` and empty labels into a host; no real site
+    // has them, and a pattern must not match what DNS would not resolve.
+    if !is_host_name(host) || !allowed.iter().any(|pattern| pattern.matches(host)) {
         return None;
     }
     Destination::from_url(&url)
+}
+
+/// Dot-separated non-empty labels of letters, digits, `-` and `_` (as the URL
+/// parser leaves a host: lowercase, international names in punycode).
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        })
 }
 
 #[cfg(test)]
@@ -361,6 +375,12 @@ mod tests {
             "data:text/html,<script>alert(1)</script>",
             "ftp://www.acme.com/",
             "",
+            // Found by the request_location fuzz target: not a host name, though
+            // it ends like one the list allows.
+            "https://,..clickid..*..www.acme.com./",
+            "https://a*b.acme.com/",
+            "https://a,b.acme.com/",
+            "https://a..acme.com/",
         ] {
             assert!(accept_deeplink(bad, &allowed).is_none(), "accepted {bad:?}");
         }

@@ -59,12 +59,21 @@ fuzz_target!(|data: &[u8]| {
     let parsed = url::Url::parse(&location).unwrap_or_else(|e| panic!("{location:?}: {e}"));
     assert!(matches!(parsed.scheme(), "http" | "https"), "{location:?}");
     let on_host = parsed.host_str().unwrap_or_else(|| panic!("no host: {location:?}"));
+    // A trailing dot names the same host.
+    let on_host = on_host.strip_suffix('.').unwrap_or(on_host);
     let own = url::Url::parse(link.destination.as_str()).expect("a record's url parses");
     match deeplink {
-        Some("accepted") => assert!(
-            link.deeplink_hosts().iter().any(|pattern| pattern.matches(on_host)),
-            "deep link to {on_host} accepted: {location:?}"
-        ),
-        _ => assert_eq!(Some(on_host), own.host_str(), "{location:?}"),
+        Some("accepted") => {
+            assert!(
+                link.deeplink_hosts().iter().any(|pattern| pattern.matches(on_host)),
+                "deep link to {on_host} accepted: {location:?}"
+            );
+            assert!(
+                on_host.split('.').all(|label| !label.is_empty()
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')),
+                "deep link to a host that is no host name: {location:?}"
+            );
+        }
+        _ => assert_eq!(on_host, own.host_str().unwrap(), "{location:?}"),
     }
 });
