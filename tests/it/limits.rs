@@ -297,29 +297,11 @@ async fn rapid_reset_is_told_to_go_away_and_the_edge_keeps_serving() {
     let _ = stream.write_all(&attack).await;
     let _ = stream.flush().await;
 
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut chunk = [0u8; 16384];
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "the attacking connection was not closed");
-    let mut goaway = None;
-    let mut at = 0;
-    while at + 9 <= received.len() {
-        let length =
-            u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]) as usize;
-        if received[at + 3] == 0x7 && at + 9 + 8 <= received.len() {
-            let code = &received[at + 9 + 4..at + 9 + 8];
-            goaway = Some(u32::from_be_bytes(code.try_into().unwrap()));
-        }
-        at += 9 + length;
-    }
+    let frames = read_frames(&mut stream, Duration::from_secs(10)).await;
+    let goaway = frames
+        .iter()
+        .find(|(kind, _, payload)| *kind == 0x7 && payload.len() >= 8)
+        .map(|(_, _, payload)| u32::from_be_bytes(payload[4..8].try_into().unwrap()));
     assert_eq!(goaway, Some(0xb), "no GOAWAY with ENHANCE_YOUR_CALM (0xb)");
 
     // A fresh client is served, and the reset streams were not all served as clicks.
@@ -339,6 +321,81 @@ async fn rapid_reset_is_told_to_go_away_and_the_edge_keeps_serving() {
         clicks >= 1.0 && clicks < f64::from(STREAMS) / 2.0,
         "{clicks} clicks served of {STREAMS} reset streams"
     );
+}
+
+/// Frames read from `stream` until it is quiet for `quiet`: (type, stream id,
+/// payload).
+async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    quiet: Duration,
+) -> Vec<(u8, u32, Vec<u8>)> {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 16384];
+    while let Ok(Ok(n)) = tokio::time::timeout(quiet, stream.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let length =
+            u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]) as usize;
+        let id = u32::from_be_bytes(received[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+        let end = (at + 9 + length).min(received.len());
+        frames.push((received[at + 3], id, received[at + 9..end].to_vec()));
+        at += 9 + length;
+    }
+    frames
+}
+
+#[tokio::test]
+async fn streams_past_the_http2_limit_are_refused() {
+    let dir = crate::tls::cert_dir();
+    let edge = TestEdge::start(LINKS, &["--tls-certs", dir.path().to_str().unwrap()]).await;
+    let (mut stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
+        .await
+        .unwrap();
+    // 101 requests whose bodies never end: each stream stays open, so the 101st
+    // is one past the 100 the server allows.
+    let mut block = vec![0x82, 0x87, 0x01, 11];
+    block.extend_from_slice(b"acme.sjv.io");
+    block.extend_from_slice(&[0x04, 14]);
+    block.extend_from_slice(b"/c/1/5678/9012");
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(frame(0x4, 0, 0, &[]));
+    for n in 0..101u32 {
+        opening.extend(frame(0x1, 0x4, 2 * n + 1, &block));
+    }
+    stream.write_all(&opening).await.unwrap();
+    stream.flush().await.unwrap();
+    let frames = read_frames(&mut stream, Duration::from_millis(1500)).await;
+
+    let settings = frames
+        .iter()
+        .find(|(kind, id, payload)| *kind == 0x4 && *id == 0 && !payload.is_empty())
+        .expect("the server's SETTINGS");
+    let advertised = settings.2.chunks(6).find_map(|s| {
+        (u16::from_be_bytes([s[0], s[1]]) == 0x3)
+            .then(|| u32::from_be_bytes(s[2..6].try_into().unwrap()))
+    });
+    assert_eq!(advertised, Some(100), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    let refused: Vec<u32> = frames
+        .iter()
+        .filter(|(kind, _, payload)| *kind == 0x3 && payload.as_slice() == 7u32.to_be_bytes())
+        .map(|(_, id, _)| *id)
+        .collect();
+    assert_eq!(
+        refused,
+        vec![201],
+        "REFUSED_STREAM for the 101st stream only"
+    );
+    let answered = frames
+        .iter()
+        .filter(|(kind, id, _)| *kind == 0x1 && *id != 0)
+        .count();
+    assert_eq!(answered, 100, "the first 100 streams are answered");
 }
 
 #[tokio::test]
