@@ -61,6 +61,12 @@ impl Drop for Broker {
 
 fn start_broker(tansu: &PathBuf) -> Broker {
     let port = free_port();
+    spawn_broker(tansu, port, &format!("tcp://127.0.0.1:{port}"), &[])
+}
+
+/// A tansu broker on `port` (memory storage) advertising `advertised`, with `extra`
+/// flags; returns once it listens.
+fn spawn_broker(tansu: &PathBuf, port: u16, advertised: &str, extra: &[&str]) -> Broker {
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(tansu)
         .args([
@@ -68,10 +74,11 @@ fn start_broker(tansu: &PathBuf) -> Broker {
             "--kafka-listener-url",
             &url,
             "--kafka-advertised-listener-url",
-            &url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -390,21 +397,7 @@ async fn clicks_reach_the_broker_over_tls() {
 
     let plain = free_port();
     let tls = free_port();
-    let child = Command::new(&tansu)
-        .args([
-            "broker",
-            "--kafka-listener-url",
-            &format!("tcp://127.0.0.1:{plain}"),
-            "--kafka-advertised-listener-url",
-            &format!("tcp://localhost:{tls}"),
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("tansu starts");
-    let _broker = KillOnDrop(child);
+    let _broker = spawn_broker(&tansu, plain, &format!("tcp://localhost:{tls}"), &[]);
     let config = dir.path().join("haproxy.cfg");
     std::fs::write(
         &config,
@@ -425,11 +418,9 @@ async fn clicks_reach_the_broker_over_tls() {
         .unwrap();
     let _proxy = KillOnDrop(proxy);
     let deadline = Instant::now() + Duration::from_secs(30);
-    for port in [plain, tls] {
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nothing listens on {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
+        assert!(Instant::now() < deadline, "HAProxy does not listen on {tls}");
+        std::thread::sleep(Duration::from_millis(100));
     }
     let created = Command::new(&tansu)
         .args(["topic", "create", "clicks", "--partitions", "2", "--broker"])
@@ -497,28 +488,12 @@ async fn sasl_scram_is_spoken_to_a_real_broker_and_a_refused_login_keeps_the_eve
         return;
     };
     let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(&tansu)
-        .args([
-            "broker",
-            "--kafka-listener-url",
-            &url,
-            "--kafka-advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-            "--authentication",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("tansu starts");
-    let _broker = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not listen");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _broker = spawn_broker(
+        &tansu,
+        port,
+        &format!("tcp://127.0.0.1:{port}"),
+        &["--authentication"],
+    );
 
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
