@@ -419,7 +419,10 @@ async fn clicks_reach_the_broker_over_tls() {
     let _proxy = KillOnDrop(proxy);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
-        assert!(Instant::now() < deadline, "HAProxy does not listen on {tls}");
+        assert!(
+            Instant::now() < deadline,
+            "HAProxy does not listen on {tls}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let created = Command::new(&tansu)
