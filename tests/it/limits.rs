@@ -196,17 +196,7 @@ async fn a_silent_connection_is_closed_at_the_idle_timeout() {
 
 #[tokio::test]
 async fn an_unfinished_tls_handshake_is_closed_at_the_header_read_timeout() {
-    let dir = crate::tls::cert_dir();
-    let edge = TestEdge::start(
-        LINKS,
-        &[
-            "--tls-certs",
-            dir.path().to_str().unwrap(),
-            "--header-read-timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let (edge, _certs) = tls_edge(&["--header-read-timeout", "1s"]).await;
     let mut stream = TcpStream::connect(edge.https.unwrap()).await.unwrap();
     // The start of a ClientHello record, then nothing.
     stream
@@ -233,17 +223,7 @@ async fn an_unfinished_tls_handshake_is_closed_at_the_header_read_timeout() {
 
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_at_the_idle_timeout() {
-    let dir = crate::tls::cert_dir();
-    let edge = TestEdge::start(
-        LINKS,
-        &[
-            "--tls-certs",
-            dir.path().to_str().unwrap(),
-            "--idle-timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let (edge, _certs) = tls_edge(&["--idle-timeout", "1s"]).await;
     let (stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
         .await
         .unwrap();
@@ -261,6 +241,26 @@ async fn an_idle_http2_connection_is_closed_at_the_idle_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(700));
 }
 
+/// An edge with the HTTPS listener on (its certificates kept alive by the
+/// returned directory) and `extra` flags.
+async fn tls_edge(extra: &[&str]) -> (TestEdge, tempfile::TempDir) {
+    let dir = crate::tls::cert_dir();
+    let mut args = vec!["--tls-certs", dir.path().to_str().unwrap()];
+    args.extend_from_slice(extra);
+    (TestEdge::start(LINKS, &args).await, dir)
+}
+
+/// The header block of `GET https://acme.sjv.io/c/1/5678/9012`, without the
+/// dynamic table (GET and https from the static table; :authority and :path as
+/// literals), so every stream can send the same bytes.
+fn click_header_block() -> Vec<u8> {
+    let mut block = vec![0x82, 0x87, 0x01, 11];
+    block.extend_from_slice(b"acme.sjv.io");
+    block.extend_from_slice(&[0x04, 14]);
+    block.extend_from_slice(b"/c/1/5678/9012");
+    block
+}
+
 /// One HTTP/2 frame: length, type, flags, stream id, payload.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
@@ -272,20 +272,15 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn rapid_reset_is_told_to_go_away_and_the_edge_keeps_serving() {
-    let dir = crate::tls::cert_dir();
-    let edge = TestEdge::start(LINKS, &["--tls-certs", dir.path().to_str().unwrap()]).await;
+    let (edge, _certs) = tls_edge(&[]).await;
     let (mut stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
         .await
         .unwrap();
 
     // Written by hand, as an attacker would: the preface, then streams opened and
-    // reset at once (CVE-2023-44487). The header block uses no dynamic table
-    // (GET, https from the static table; :authority and :path as literals).
+    // reset at once (CVE-2023-44487).
     const STREAMS: u32 = 2_000;
-    let mut block = vec![0x82, 0x87, 0x01, 11];
-    block.extend_from_slice(b"acme.sjv.io");
-    block.extend_from_slice(&[0x04, 14]);
-    block.extend_from_slice(b"/c/1/5678/9012");
+    let block = click_header_block();
     let mut attack = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     attack.extend(frame(0x4, 0, 0, &[]));
     for n in 0..STREAMS {
@@ -352,17 +347,13 @@ async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
 
 #[tokio::test]
 async fn streams_past_the_http2_limit_are_refused() {
-    let dir = crate::tls::cert_dir();
-    let edge = TestEdge::start(LINKS, &["--tls-certs", dir.path().to_str().unwrap()]).await;
+    let (edge, _certs) = tls_edge(&[]).await;
     let (mut stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
         .await
         .unwrap();
     // 101 requests whose bodies never end: each stream stays open, so the 101st
     // is one past the 100 the server allows.
-    let mut block = vec![0x82, 0x87, 0x01, 11];
-    block.extend_from_slice(b"acme.sjv.io");
-    block.extend_from_slice(&[0x04, 14]);
-    block.extend_from_slice(b"/c/1/5678/9012");
+    let block = click_header_block();
     let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     opening.extend(frame(0x4, 0, 0, &[]));
     for n in 0..101u32 {
@@ -400,8 +391,7 @@ async fn streams_past_the_http2_limit_are_refused() {
 
 #[tokio::test]
 async fn a_header_list_over_the_limit_is_refused_on_http2() {
-    let dir = crate::tls::cert_dir();
-    let edge = TestEdge::start(LINKS, &["--tls-certs", dir.path().to_str().unwrap()]).await;
+    let (edge, _certs) = tls_edge(&[]).await;
     let (stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
         .await
         .unwrap();
