@@ -1,6 +1,7 @@
 //! `deploy/` checked for real: the alert rules by promtool (rules and their unit
 //! tests), the Kubernetes manifests rendered by kustomize and validated against
-//! the Kubernetes schemas, every metric the alerts and the dashboard name exported
+//! the Kubernetes schemas, the Dockerfile by hadolint, the systemd unit by
+//! systemd-analyze, every metric the alerts and the dashboard name exported
 //! by a running edge, every event the edge produces valid against the click.v1
 //! JSON Schema, and a real Prometheus scraping an edge and seeing its traffic.
 //!
@@ -138,6 +139,17 @@ fn the_systemd_unit_passes_systemd_analyze() {
         .unwrap();
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && text.trim().is_empty(), "{text}");
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    if !have("hadolint") {
+        return;
+    }
+    let linted = run(Command::new("hadolint")
+        .arg("--no-color")
+        .arg(deploy_dir().join("Dockerfile")));
+    assert!(linted.trim().is_empty(), "{linted}");
 }
 
 /// Every `clickedge_*` name in `text`, without the histogram suffixes.
