@@ -7,21 +7,6 @@ use rdkafka::mocking::MockCluster;
 
 use crate::support::{consume, request, sample, TestEdge, LINKS};
 
-async fn wait_for_sample(edge: &TestEdge, series: &str, want: f64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = edge.metrics().await;
-        if sample(&metrics, series) == Some(want) {
-            return metrics;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} never reached {want}:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn metrics_count_requests_events_links_and_connections() {
     let edge = TestEdge::start(LINKS, &[]).await;
@@ -34,12 +19,9 @@ async fn metrics_count_requests_events_links_and_connections() {
     request(edge.http, "POST", "acme.sjv.io", "/", &[]).await;
     edge.get("x", "/robots.txt").await;
 
-    let m = wait_for_sample(
-        &edge,
-        r#"clickedge_click_events_total{result="delivered"}"#,
-        5.0,
-    )
-    .await;
+    let m = edge
+        .wait_for_sample(r#"clickedge_click_events_total{result="delivered"}"#, 5.0)
+        .await;
     let expect = [
         (
             r#"clickedge_requests_total{type="tracking",outcome="redirect",status="302"}"#,
@@ -107,8 +89,9 @@ async fn metrics_count_requests_events_links_and_connections() {
         "events are journaled: {m}"
     );
     // Acknowledged events leave the disk once their segment is sealed.
-    wait_for_sample(&edge, "clickedge_spool_size_bytes", 0.0).await;
-    wait_for_sample(&edge, "clickedge_spool_segments", 0.0).await;
+    edge.wait_for_sample("clickedge_spool_size_bytes", 0.0)
+        .await;
+    edge.wait_for_sample("clickedge_spool_segments", 0.0).await;
 }
 
 #[tokio::test]
@@ -179,7 +162,8 @@ async fn readiness_needs_the_spool_or_the_broker() {
     // The broker returns: ready again, and the spool drains.
     cluster.broker_up(1).unwrap();
     edge.wait_ready().await;
-    wait_for_sample(&edge, "clickedge_spool_backlog_bytes", 0.0).await;
+    edge.wait_for_sample("clickedge_spool_backlog_bytes", 0.0)
+        .await;
     assert_eq!(
         sample(&edge.metrics().await, "clickedge_kafka_broker_up"),
         Some(1.0)

@@ -163,6 +163,23 @@ impl TestEdge {
         self.admin_get("/metrics").await.body
     }
 
+    /// Waits until `series` reads `want` in `/metrics` (failing after 20 s), and
+    /// returns that page.
+    pub async fn wait_for_sample(&self, series: &str, want: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let metrics = self.metrics().await;
+            if sample(&metrics, series) == Some(want) {
+                return metrics;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} never reached {want}:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until `/readyz` answers 200 (the broker answered for the topic).
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
