@@ -544,70 +544,25 @@ fn connection_ended(state: &AppState, outcome: hyper::Result<()>, peer: SocketAd
     }
 }
 
-/// Completes the TLS handshake and serves HTTP/2 or HTTP/1.1, as ALPN chose, on a
-/// task of its own.
-fn serve_tls(
+/// Runs one accepted connection on a task of its own: counted while open, its
+/// PROXY header read first on the edge listeners, closed when silent for
+/// `--idle-timeout`, its place under the cap held until `speak` is done with it.
+fn spawn_connection<Speak, Spoken>(
     state: &Arc<AppState>,
-    connections: &GracefulShutdown,
-    acceptor: tokio_rustls::TlsAcceptor,
-    accepted: Accepted,
-) {
-    let Accepted {
-        stream,
-        peer,
-        place,
-    } = accepted;
-    let watcher = connections.watcher();
-    let state = state.clone();
-    tokio::spawn(async move {
-        let metrics = state.metrics.clone();
-        metrics.connection_opened(Listener::Https);
-        let timeouts = state.timeouts;
-        if let Some((stream, peer)) = proxied(&state, stream, peer).await {
-            let stream = limits::IdleTimeout::new(stream, timeouts.idle, metrics.clone());
-            match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let handler_state = state.clone();
-                    let service = service_fn(move |request| {
-                        let state = handler_state.clone();
-                        async move { Ok::<_, Infallible>(edge::handle(&state, &request, peer, true)) }
-                    });
-                    let io = TokioIo::new(tls);
-                    let outcome = if h2 {
-                        watcher.watch(http2().serve_connection(io, service)).await
-                    } else {
-                        watcher
-                            .watch(http1(timeouts).serve_connection(io, service))
-                            .await
-                    };
-                    connection_ended(&state, outcome, peer);
-                }
-                Ok(Err(error)) => debug!(message = "TLS handshake failed.", %error, %peer),
-                Err(_) => {
-                    metrics.connection_timed_out(Timeout::Handshake);
-                    debug!(message = "TLS handshake timed out.", %peer);
-                }
-            }
-        }
-        metrics.connection_closed(Listener::Https);
-        drop(place);
-    });
-}
-
-/// Starts serving one accepted connection on its own task.
-fn serve(
-    state: &Arc<AppState>,
-    connections: &GracefulShutdown,
     accepted: Accepted,
     listener: Listener,
-) {
+    speak: Speak,
+) where
+    Speak: FnOnce(Arc<AppState>, limits::IdleTimeout<client_ip::PrefixedStream>, SocketAddr) -> Spoken
+        + Send
+        + 'static,
+    Spoken: Future<Output = ()> + Send,
+{
     let Accepted {
         stream,
         peer,
         place,
     } = accepted;
-    let watcher = connections.watcher();
     let state = state.clone();
     tokio::spawn(async move {
         let metrics = state.metrics.clone();
@@ -618,23 +573,95 @@ fn serve(
         };
         if let Some((stream, peer)) = proxied {
             let stream = limits::IdleTimeout::new(stream, state.timeouts.idle, metrics.clone());
-            let handler_state = state.clone();
-            let service = service_fn(move |request| {
-                let state = handler_state.clone();
-                async move {
-                    Ok::<_, Infallible>(match listener {
-                        Listener::Http => edge::handle(&state, &request, peer, false),
-                        Listener::Https => edge::handle(&state, &request, peer, true),
-                        Listener::Admin => admin::handle(&state, request).await,
-                    })
-                }
-            });
-            let connection = http1(state.timeouts).serve_connection(TokioIo::new(stream), service);
-            connection_ended(&state, watcher.watch(connection).await, peer);
+            speak(state, stream, peer).await;
         }
         metrics.connection_closed(listener);
         drop(place);
     });
+}
+
+/// Answers one connection's requests as its listener does.
+fn service(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    listener: Listener,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<http_body_util::Full<bytes::Bytes>>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    service_fn(move |request| {
+        let state = state.clone();
+        async move {
+            Ok::<_, Infallible>(match listener {
+                Listener::Http => edge::handle(&state, &request, peer, false),
+                Listener::Https => edge::handle(&state, &request, peer, true),
+                Listener::Admin => admin::handle(&state, request).await,
+            })
+        }
+    })
+}
+
+/// Completes the TLS handshake and serves HTTP/2 or HTTP/1.1, as ALPN chose.
+fn serve_tls(
+    state: &Arc<AppState>,
+    connections: &GracefulShutdown,
+    acceptor: tokio_rustls::TlsAcceptor,
+    accepted: Accepted,
+) {
+    let watcher = connections.watcher();
+    spawn_connection(
+        state,
+        accepted,
+        Listener::Https,
+        move |state, stream, peer| async move {
+            let timeouts = state.timeouts;
+            let tls = match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => return debug!(message = "TLS handshake failed.", %error, %peer),
+                Err(_) => {
+                    state.metrics.connection_timed_out(Timeout::Handshake);
+                    return debug!(message = "TLS handshake timed out.", %peer);
+                }
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let service = service(state.clone(), peer, Listener::Https);
+            let io = TokioIo::new(tls);
+            let outcome = if h2 {
+                watcher.watch(http2().serve_connection(io, service)).await
+            } else {
+                watcher
+                    .watch(http1(timeouts).serve_connection(io, service))
+                    .await
+            };
+            connection_ended(&state, outcome, peer);
+        },
+    );
+}
+
+/// Serves HTTP/1.1 on a plain connection (the HTTP and admin listeners).
+fn serve(
+    state: &Arc<AppState>,
+    connections: &GracefulShutdown,
+    accepted: Accepted,
+    listener: Listener,
+) {
+    let watcher = connections.watcher();
+    spawn_connection(
+        state,
+        accepted,
+        listener,
+        move |state, stream, peer| async move {
+            let service = service(state.clone(), peer, listener);
+            let connection = http1(state.timeouts).serve_connection(TokioIo::new(stream), service);
+            connection_ended(&state, watcher.watch(connection).await, peer);
+        },
+    );
 }
 
 /// With `--proxy-protocol`, reads the PROXY header: the client's address replaces
