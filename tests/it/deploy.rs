@@ -15,28 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{free_port, TestEdge, BROWSER_UA, LINKS};
+use crate::support::{free_port, have, TestEdge, BROWSER_UA, LINKS};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
-}
-
-/// Whether `tool` runs; a missing tool fails under CI and skips otherwise.
-fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is not installed (.ci/run installs it)"
-        );
-        eprintln!("skipped: {tool} is not installed");
-    }
-    found
 }
 
 fn run(command: &mut Command) -> String {

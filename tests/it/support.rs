@@ -462,6 +462,25 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Whether `tool` runs; a missing tool fails under CI (`.ci/run` installs every
+/// tool the tests use) and skips the test, saying so, otherwise.
+pub fn have(tool: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg("--help")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is not installed (.ci/run installs it)"
+        );
+        eprintln!("skipped: {tool} is not installed");
+    }
+    found
+}
+
 /// A port nothing listens on right now, for a process that must be told its port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
