@@ -78,27 +78,45 @@ pub fn connection_cap(configured: Option<usize>, edge_listeners: usize) -> usize
         }
     }
     let open_files = limit.current.unwrap_or(u64::MAX);
-    let fits = (open_files.saturating_sub(RESERVED_FILES) / edge_listeners as u64).max(1);
-    let fits = usize::try_from(fits).unwrap_or(usize::MAX);
+    let cap = fitted_cap(configured, open_files, edge_listeners);
     match configured {
-        Some(cap) if cap > fits => {
-            warn!(
-                message = "The open-file limit is below --max-connections; accepts will fail before the cap.",
-                open_files,
-                max_connections = cap
-            );
-            cap
-        }
-        Some(cap) => cap,
-        None => {
-            let cap = DEFAULT_MAX_CONNECTIONS.min(fits);
-            info!(
-                message = "Connection cap per listener.",
-                max_connections = cap,
-                open_files
-            );
-            cap
-        }
+        Some(_) if cap.fits => {}
+        Some(_) => warn!(
+            message =
+                "The open-file limit is below --max-connections; accepts will fail before the cap.",
+            open_files,
+            max_connections = cap.cap
+        ),
+        None => info!(
+            message = "Connection cap per listener.",
+            max_connections = cap.cap,
+            open_files
+        ),
+    }
+    cap.cap
+}
+
+/// The cap per edge listener for `open_files`, and whether it fits them.
+#[derive(Debug, PartialEq, Eq)]
+struct Cap {
+    cap: usize,
+    fits: bool,
+}
+
+/// `configured` as given (it may not fit: the operator is told), or the default
+/// lowered to what the open files hold beside the reserve.
+fn fitted_cap(configured: Option<usize>, open_files: u64, edge_listeners: usize) -> Cap {
+    let room = (open_files.saturating_sub(RESERVED_FILES) / edge_listeners as u64).max(1);
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    match configured {
+        Some(cap) => Cap {
+            cap,
+            fits: cap <= room,
+        },
+        None => Cap {
+            cap: DEFAULT_MAX_CONNECTIONS.min(room),
+            fits: true,
+        },
     }
 }
 
@@ -174,3 +192,38 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
 
 // Writes go straight through: only silence from the client counts.
 super::forward_async_write!(IdleTimeout<S>, S);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_cap_fits_the_open_files_and_a_configured_one_is_kept() {
+        let reserve = RESERVED_FILES;
+        assert_eq!(fitted_cap(None, 1 << 20, 2).cap, DEFAULT_MAX_CONNECTIONS);
+        // 20,000 open files, HTTP and HTTPS: what is left after the reserve, halved.
+        assert_eq!(
+            fitted_cap(None, 20_000, 2),
+            Cap {
+                cap: ((20_000 - reserve) / 2) as usize,
+                fits: true
+            }
+        );
+        assert_eq!(fitted_cap(None, 20_000, 1).cap, (20_000 - reserve) as usize);
+        assert_eq!(fitted_cap(None, 10, 1).cap, 1);
+        assert_eq!(
+            fitted_cap(Some(50_000), 20_000, 1),
+            Cap {
+                cap: 50_000,
+                fits: false
+            }
+        );
+        assert_eq!(
+            fitted_cap(Some(100), 20_000, 2),
+            Cap {
+                cap: 100,
+                fits: true
+            }
+        );
+    }
+}
