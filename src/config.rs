@@ -67,6 +67,17 @@ pub struct RunArgs {
     )]
     pub trusted_proxies: Vec<String>,
 
+    /// The one forwarding header believed from --trusted-proxies peers:
+    /// `x-forwarded-for` or `forwarded` (RFC 7239). The other is ignored, so a
+    /// client cannot pass its own through a proxy that only appends to the first.
+    #[arg(
+        long,
+        env = "CLICKEDGE_CLIENT_IP_HEADER",
+        default_value = "x-forwarded-for",
+        value_name = "HEADER"
+    )]
+    pub client_ip_header: String,
+
     /// Expect a PROXY protocol (v1 or v2) header on every connection of the
     /// --http and --https listeners, as AWS NLB and HAProxy send it.
     #[arg(long, env = "CLICKEDGE_PROXY_PROTOCOL", value_parser = BoolishValueParser::new())]
@@ -98,6 +109,17 @@ pub struct RunArgs {
         value_name = "DURATION"
     )]
     pub idle_timeout: String,
+
+    /// A response the client does not read for this long (its receive window
+    /// full, e.g. a client pipelining requests and never reading) closes the
+    /// connection.
+    #[arg(
+        long,
+        env = "CLICKEDGE_SEND_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub send_timeout: String,
 
     /// Address of the admin listener (/metrics, /healthz, /readyz).
     #[arg(
@@ -231,6 +253,8 @@ pub struct RunArgs {
 pub struct Config {
     pub http: SocketAddr,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which forwarding header names the client, from a trusted peer.
+    pub client_ip_header: ClientIpHeader,
     pub proxy_protocol: bool,
     /// The HTTPS listener and its certificate directory, when TLS is on.
     pub https: Option<(SocketAddr, PathBuf)>,
@@ -250,6 +274,17 @@ pub struct Config {
     pub max_connections: Option<usize>,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+}
+
+/// `--client-ip-header`: the forwarding header a trusted proxy writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (the default: what load
+    /// balancers append).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +311,12 @@ pub enum ConfigError {
     Duration { flag: &'static str, value: String },
     #[error("--{flag} {value:?} must be more than zero")]
     Zero { flag: &'static str, value: String },
+    #[error("--{flag} {value:?} is too long (at most 24h)")]
+    TooLong { flag: &'static str, value: String },
+    #[error("--spool-dir: {0}")]
+    SpoolDir(crate::sink::SpoolError),
+    #[error("--client-ip-header {0:?} must be x-forwarded-for or forwarded")]
+    ClientIpHeader(String),
     #[error(
         "--spool-max-bytes {0:?} is not a size (like 1GiB, 512MiB or 1000000; at least 64KiB)"
     )]
@@ -306,6 +347,11 @@ impl Config {
                     .map_err(|_| ConfigError::TrustedProxy(s.to_owned()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let client_ip_header = match args.client_ip_header.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => ClientIpHeader::XForwardedFor,
+            "forwarded" => ClientIpHeader::Forwarded,
+            _ => return Err(ConfigError::ClientIpHeader(args.client_ip_header)),
+        };
         let https = match (&args.https, args.tls_certs) {
             (_, Some(dir)) => Some((
                 address("https", args.https.as_deref().unwrap_or("127.0.0.1:8443"))?,
@@ -348,11 +394,17 @@ impl Config {
         if !is_query_name(&args.click_id_param) {
             return Err(ConfigError::ClickIdParam(args.click_id_param));
         }
-        let duration = |flag: &'static str, value: &str| {
-            parse_duration(value).ok_or_else(|| ConfigError::Duration {
+        // Bounded, so no deadline computed from a duration can overflow a clock.
+        let duration = |flag: &'static str, value: &str| match parse_duration(value) {
+            None => Err(ConfigError::Duration {
                 flag,
                 value: value.to_owned(),
-            })
+            }),
+            Some(d) if d > MAX_DURATION => Err(ConfigError::TooLong {
+                flag,
+                value: value.to_owned(),
+            }),
+            Some(d) => Ok(d),
         };
         let shutdown_timeout = duration("shutdown-timeout", &args.shutdown_timeout)?;
         // A zero would close every connection at once: refused, not taken literally.
@@ -365,6 +417,7 @@ impl Config {
         };
         let header_read_timeout = positive("header-read-timeout", &args.header_read_timeout)?;
         let idle_timeout = positive("idle-timeout", &args.idle_timeout)?;
+        let send_timeout = positive("send-timeout", &args.send_timeout)?;
         if args.max_connections == Some(0) {
             return Err(ConfigError::Zero {
                 flag: "max-connections",
@@ -372,6 +425,8 @@ impl Config {
             });
         }
         let fsync_interval = duration("spool-fsync-interval", &args.spool_fsync_interval)?;
+        // Replayed segments become click events: nobody else may write there.
+        crate::sink::check_spool_dir(&args.spool_dir).map_err(ConfigError::SpoolDir)?;
         let max_bytes = parse_size(&args.spool_max_bytes)
             .filter(|bytes| *bytes >= 64 * 1024)
             .ok_or_else(|| ConfigError::Size(args.spool_max_bytes.clone()))?;
@@ -379,6 +434,7 @@ impl Config {
         Ok(Config {
             http,
             trusted_proxies,
+            client_ip_header,
             proxy_protocol: args.proxy_protocol,
             https,
             admin,
@@ -406,6 +462,7 @@ impl Config {
             max_connections: args.max_connections,
             header_read_timeout,
             idle_timeout,
+            send_timeout,
         })
     }
 
@@ -424,6 +481,9 @@ impl Config {
         Ok(Config::from_args(cli.run)?)
     }
 }
+
+/// The longest duration any flag takes: a day is beyond every sensible timeout.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 fn is_topic_name(topic: &str) -> bool {
     (1..=249).contains(&topic.len())
@@ -466,7 +526,7 @@ pub(crate) fn parse_size(text: &str) -> Option<u64> {
     number.checked_mul(multiplier)
 }
 
-/// `10s`, `500ms`, `2m`, or a bare number of seconds.
+/// `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text
@@ -478,9 +538,11 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
         "" | "s" => number,
         "ms" => number / 1000.0,
         "m" => number * 60.0,
+        "h" => number * 3600.0,
         _ => return None,
     };
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    // `try_`: a number too large for a Duration is refused, not a panic.
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 #[cfg(test)]
@@ -552,10 +614,56 @@ mod tests {
                 vec!["clickedge", "--idle-timeout", "forever"],
                 "--idle-timeout",
             ),
+            (
+                vec!["clickedge", "--send-timeout", "0"],
+                "--send-timeout \"0\" must be more than zero",
+            ),
+            (
+                vec!["clickedge", "--client-ip-header", "x-real-ip"],
+                "--client-ip-header",
+            ),
         ] {
             let err = Config::from_argv(argv.clone()).unwrap_err();
             assert!(err.to_string().contains(needle), "{argv:?}: {err}");
         }
+    }
+
+    /// Numbers beyond what a `Duration` or a day holds are refused with the flag
+    /// named, never a panic (`Duration::from_secs_f64` panics on them).
+    #[test]
+    fn every_duration_and_size_flag_refuses_huge_values() {
+        for flag in [
+            "--shutdown-timeout",
+            "--header-read-timeout",
+            "--idle-timeout",
+            "--send-timeout",
+            "--spool-fsync-interval",
+        ] {
+            for value in ["100000000000000000000000", "1e400", "25h", "inf", "NaN"] {
+                let err = Config::from_argv(["clickedge", flag, value]).unwrap_err();
+                assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
+            }
+            assert!(
+                Config::from_argv(["clickedge", flag, "24h"]).is_ok(),
+                "{flag}"
+            );
+        }
+        for value in ["100000000000000000000000", "99999999999TiB", "1e9"] {
+            let err = Config::from_argv(["clickedge", "--spool-max-bytes", value]).unwrap_err();
+            assert!(
+                err.to_string().contains("--spool-max-bytes"),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_client_ip_header_is_one_of_two() {
+        let c = Config::from_argv(["clickedge"]).unwrap();
+        assert_eq!(c.client_ip_header, ClientIpHeader::XForwardedFor);
+        let c = Config::from_argv(["clickedge", "--client-ip-header", "Forwarded"]).unwrap();
+        assert_eq!(c.client_ip_header, ClientIpHeader::Forwarded);
+        assert_eq!(c.send_timeout, Duration::from_secs(10));
     }
 
     #[test]

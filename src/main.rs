@@ -15,7 +15,18 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_LINKS: u8 = 65;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version are answers, not errors.
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     init_logging();
 
     if let Some(Command::Consume(args)) = &cli.command {

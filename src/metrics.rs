@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -37,6 +37,41 @@ pub const CONNECTIONS_TIMED_OUT_TOTAL: &str = "clickedge_connections_timed_out_t
 pub const BUILD_INFO: &str = "clickedge_build_info";
 pub const TLS_CERTIFICATES: &str = "clickedge_tls_certificates";
 pub const TLS_RELOADS_TOTAL: &str = "clickedge_tls_reloads_total";
+/// Rendered by the certificate store itself (one series per loaded certificate).
+pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
+    "clickedge_tls_certificate_expiry_timestamp_seconds";
+
+/// The `# HELP` text of every family, as Prometheus shows it to whoever reads a
+/// scrape or builds a dashboard.
+const HELP: &[(&str, &str)] = &[
+    (REQUESTS_TOTAL, "Requests answered on the edge listeners, by record type, outcome and status."),
+    (REQUEST_DURATION_SECONDS, "Time to answer an edge request, from its head parsed to its response built."),
+    (CLICK_EVENTS_TOTAL, "Click events by what happened to them: queued to Kafka, delivered, spooled to disk, replayed from the spool, failed (and sent again), dropped (lost)."),
+    (SPOOL_SIZE_BYTES, "Bytes of the disk spool's segment files."),
+    (SPOOL_MAX_BYTES, "The spool's bound (--spool-max-bytes); beyond it new events are dropped."),
+    (SPOOL_SEGMENTS, "Segment files in the spool."),
+    (SPOOL_BACKLOG_BYTES, "Bytes in the spool not yet sent to Kafka: what replay still has to do."),
+    (SPOOL_CORRUPT_RECORDS_TOTAL, "Torn or corrupt records found in the spool and skipped."),
+    (KAFKA_QUEUE_MESSAGES, "Messages in the Kafka producer's queue, not yet acknowledged."),
+    (KAFKA_BROKER_UP, "1 while the broker answers for the click topic, else 0."),
+    (LINKS, "Records in the link map, by type."),
+    (LINKS_RELOADS_TOTAL, "Loads of the links file, by result; a failed one keeps the previous map."),
+    (LINKS_LAST_RELOAD_TIMESTAMP_SECONDS, "When the links file was last loaded successfully (Unix time)."),
+    (CONNECTIONS_ACTIVE, "Open connections, by listener."),
+    (CONNECTIONS_REFUSED_TOTAL, "Connections turned away at --max-connections, by listener."),
+    (CONNECTIONS_TIMED_OUT_TOTAL, "Connections closed by a timeout: header, idle, handshake or send."),
+    (BUILD_INFO, "Always 1; the version of the running build as a label."),
+    (TLS_CERTIFICATES, "Certificates loaded for the HTTPS listener."),
+    (TLS_RELOADS_TOTAL, "Loads of the certificate directory, by result; a failed one keeps the previous set."),
+    (TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, "When each loaded certificate expires (Unix time), by the name it was loaded under."),
+];
+
+/// The `# HELP` text of `name`.
+pub fn help(name: &str) -> &'static str {
+    HELP.iter()
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, text)| text)
+}
 
 /// Redirects are answered in tens of microseconds; the upper buckets catch stalls.
 const DURATION_BUCKETS: &[f64] = &[
@@ -169,16 +204,24 @@ pub enum Timeout {
     Idle,
     /// No TLS handshake or PROXY header within `--header-read-timeout`.
     Handshake,
+    /// A response the client did not read within `--send-timeout`.
+    Send,
 }
 
 impl Timeout {
-    const ALL: [Timeout; 3] = [Timeout::Header, Timeout::Idle, Timeout::Handshake];
+    const ALL: [Timeout; 4] = [
+        Timeout::Header,
+        Timeout::Idle,
+        Timeout::Handshake,
+        Timeout::Send,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Timeout::Header => "header",
             Timeout::Idle => "idle",
             Timeout::Handshake => "handshake",
+            Timeout::Send => "send",
         }
     }
 }
@@ -205,8 +248,9 @@ pub struct Metrics {
     last_reload: Gauge,
     connections: [Gauge; 3],
     connections_refused: [Counter; 3],
-    /// By [`Timeout`]: the request head, the idle connection, the TLS handshake.
-    connections_timed_out: [Counter; 3],
+    /// By [`Timeout`]: the request head, the idle connection, the TLS handshake,
+    /// the unread response.
+    connections_timed_out: [Counter; 4],
     tls_certificates: Gauge,
     tls_reloads_success: Counter,
     tls_reloads_error: Counter,
@@ -228,6 +272,10 @@ impl Metrics {
             .expect("bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
+        for (name, text) in HELP {
+            // The exporter writes one HELP line per family, whatever its type.
+            recorder.describe_counter(KeyName::from_const_str(name), None, (*text).into());
+        }
         let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
             recorder.register_counter(&key(name, labels), &metadata())
         };
@@ -419,6 +467,29 @@ mod tests {
             "a histogram, not a summary: {text}"
         );
         assert!(text.contains(r#"clickedge_build_info{version=""#), "{text}");
+    }
+
+    /// Issue 13, item 5: every family a scrape shows has a HELP line (the real
+    /// check, `promtool check metrics` on a live edge's scrape, is in tests/it).
+    #[test]
+    fn every_family_has_help() {
+        let m = Metrics::new();
+        m.request(RequestType::Tracking, Outcome::Redirect, 302, 0.0001);
+        m.upkeep();
+        let text = m.render();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert!(families.len() >= 19, "{text}");
+        for family in families {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family} has no HELP:\n{text}"
+            );
+            assert!(!help(family).is_empty(), "{family}");
+        }
     }
 
     #[test]

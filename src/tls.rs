@@ -117,7 +117,9 @@ impl CertStore {
     /// service now (rendered from it, so a removed certificate leaves no series).
     pub fn render_expiry(&self, out: &mut String) {
         let index = self.index.load();
-        out.push_str("# TYPE clickedge_tls_certificate_expiry_timestamp_seconds gauge\n");
+        use crate::metrics::{help, TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS as NAME};
+        let _ = writeln!(out, "# HELP {NAME} {}", help(NAME));
+        let _ = writeln!(out, "# TYPE {NAME} gauge");
         for cert in &index.certs {
             let name = cert.name.replace('\\', "\\\\").replace('"', "\\\"");
             let _ = writeln!(

@@ -698,6 +698,12 @@ fn validate(fields: Fields<'_>, cache: &mut LoadCache) -> Result<Record, RecordE
                     "an app_site record needs `apple_app_site_association` and/or `assetlinks`",
                 ));
             }
+            // Refused rather than ignored: a window that does nothing would mislead.
+            if fields.valid_from.is_some() || fields.valid_until.is_some() {
+                return Err(invalid(
+                    "an app_site record has no validity window (`valid_from`/`valid_until` apply to tracking, vanity, domain and fallback records)",
+                ));
+            }
             return Ok(Record::AppSite(Arc::new(AppSite {
                 host,
                 apple_app_site_association: aasa,
@@ -1010,6 +1016,15 @@ mod tests {
         assert!(l.is_valid_at(from));
         assert!(l.is_valid_at(until - 1));
         assert!(!l.is_valid_at(until));
+    }
+
+    #[test]
+    fn an_app_site_record_refuses_a_window_it_would_ignore() {
+        let err = parse_record(
+            r#"{"type":"app_site","host":"a.io","assetlinks":[],"valid_until":"2020-01-01T00:00:00Z"}"#,
+        )
+        .unwrap_err();
+        assert!(err.0.contains("no validity window"), "{err}");
     }
 
     #[test]

@@ -50,7 +50,7 @@ where
             Some(bare) if bare.domain.is_some() => {
                 match bare.domain.as_ref().filter(|l| l.is_valid_at(now_ms)) {
                     Some(link) => redirect(link, None),
-                    None => fallback_or_not_found(bare.fallback.as_ref()),
+                    None => fallback_or_not_found(bare.fallback.as_ref(), now_ms),
                 }
             }
             _ => Route::UnknownHost,
@@ -80,7 +80,7 @@ where
                 if is_valid_id(partner_id) && link.is_valid_at(now_ms) {
                     return redirect(link, Some(partner_id));
                 }
-                return fallback_or_not_found(links.fallback.as_ref());
+                return fallback_or_not_found(links.fallback.as_ref(), now_ms);
             }
         }
     }
@@ -90,7 +90,7 @@ where
             if link.is_valid_at(now_ms) {
                 return redirect(link, None);
             }
-            return fallback_or_not_found(links.fallback.as_ref());
+            return fallback_or_not_found(links.fallback.as_ref(), now_ms);
         }
     }
 
@@ -104,7 +104,7 @@ where
     if let Some(link) = domain.filter(|l| l.is_valid_at(now_ms)) {
         return redirect(link, None);
     }
-    fallback_or_not_found(links.fallback.as_ref())
+    fallback_or_not_found(links.fallback.as_ref(), now_ms)
 }
 
 fn redirect<'m, 'r>(link: &'m Arc<Link>, path_partner: Option<&'r str>) -> Route<'m, 'r>
@@ -117,14 +117,14 @@ where
     }
 }
 
-fn fallback_or_not_found<'m, 'r>(fallback: Option<&'m Arc<Link>>) -> Route<'m, 'r> {
+fn fallback_or_not_found<'m, 'r>(fallback: Option<&'m Arc<Link>>, now_ms: i64) -> Route<'m, 'r> {
     match fallback {
-        // A fallback record is always in service unless it has a window of its own.
-        Some(link) => Route::Redirect {
+        // A fallback is in service within its own window, like any other record.
+        Some(link) if link.is_valid_at(now_ms) => Route::Redirect {
             link,
             partner_id: None,
         },
-        None => Route::NotFound,
+        _ => Route::NotFound,
     }
 }
 
@@ -195,6 +195,34 @@ mod tests {
         assert_eq!(kind_of(&expired), Some(LinkKind::Fallback));
         let unknown = resolve(&map, "acme.sjv.io", "/c/1234/0/0", NOW);
         assert_eq!(kind_of(&unknown), Some(LinkKind::Fallback));
+    }
+
+    /// Issue 13, item 2: an expired fallback answered 302 with a click.
+    #[test]
+    fn a_fallback_out_of_its_window_is_not_in_service() {
+        let text = r#"
+{"type":"tracking","host":"old.sjv.io","campaign_id":"1","ad_id":"1","url":"https://www.old.com/","valid_until":"2020-01-01T00:00:00Z"}
+{"type":"fallback","host":"old.sjv.io","url":"https://www.old.com/","valid_until":"2020-01-01T00:00:00Z"}
+{"type":"domain","host":"soon.example","partner_id":"1","campaign_id":"1","ad_id":"1","url":"https://www.soon.com/","valid_from":"2999-01-01T00:00:00Z"}
+{"type":"fallback","host":"soon.example","url":"https://www.soon.com/","valid_from":"2999-01-01T00:00:00Z"}
+"#;
+        let map = load_str(text, "test", true).unwrap().map;
+        for (host, path) in [
+            ("old.sjv.io", "/c/1/1/1"),
+            ("old.sjv.io", "/anything"),
+            ("soon.example", "/"),
+            ("www.soon.example", "/"),
+        ] {
+            assert!(
+                matches!(resolve(&map, host, path, NOW), Route::NotFound),
+                "{host}{path}"
+            );
+        }
+        let early = 1_500_000_000_000;
+        assert_eq!(
+            kind_of(&resolve(&map, "old.sjv.io", "/anything", early)),
+            Some(LinkKind::Fallback)
+        );
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! (SPEC §5): `PUT` and `DELETE /admin/links`, `POST /admin/reload`,
 //! `GET /admin/resolve?url=`.
 //!
-//! With `--admin-token`, every `/admin/*` call needs `Authorization: Bearer
-//! <token>` (compared in constant time; 401 otherwise). Without it, the write
-//! endpoints answer 403 and only `/admin/resolve` answers.
+//! Every `/admin/*` call, reads included (`resolve` shows destinations and partner
+//! ids), needs `Authorization: Bearer <--admin-token>`: 401 when missing or wrong.
+//! Without a token configured, `/admin/*` answers 403. The probes and `/metrics`
+//! stay open.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -58,7 +59,7 @@ where
         ("/metrics" | "/healthz" | "/readyz", _) => not_allowed("GET"),
 
         ("/admin/links", &Method::PUT | &Method::DELETE) => {
-            if let Err(refused) = authorize(state, &request, true) {
+            if let Err(refused) = authorize(state, &request) {
                 return *refused;
             }
             let body = match read_body(request).await {
@@ -85,14 +86,14 @@ where
         }
         ("/admin/links", _) => not_allowed("PUT, DELETE"),
         ("/admin/reload", &Method::POST) => {
-            if let Err(refused) = authorize(state, &request, true) {
+            if let Err(refused) = authorize(state, &request) {
                 return *refused;
             }
             reload(state).await
         }
         ("/admin/reload", _) => not_allowed("POST"),
         ("/admin/resolve", &Method::GET) => {
-            if let Err(refused) = authorize(state, &request, false) {
+            if let Err(refused) = authorize(state, &request) {
                 return *refused;
             }
             resolve_url(state, request.uri().query())
@@ -103,8 +104,9 @@ where
 }
 
 /// Ready once the link map is loaded (it is, before the listener exists), the links
-/// topic (if any) has been read to its end once, and the event path is writable
-/// (the spool has room, or the broker is up); not ready while draining.
+/// topic (if any) has been read to its end once, and a new click event would be
+/// kept (the journal has room and its disk takes writes; the broker's state does
+/// not matter, events wait in the journal); not ready while draining.
 fn readiness(state: &AppState) -> Response<Body> {
     if state.draining.load(Ordering::SeqCst) {
         return text(
@@ -118,24 +120,28 @@ fn readiness(state: &AppState) -> Response<Body> {
             "not ready: links topic not read to its end yet\n",
         );
     }
-    if !state.sink.is_writable() {
-        return text(
+    match state.sink.keeps_new_events() {
+        Ok(()) => {}
+        Err(crate::sink::NotKept::SpoolFull) => return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: spool full and Kafka topic not reachable\n",
-        );
+            "not ready: the spool is full (--spool-max-bytes); new click events would be dropped\n",
+        ),
+        Err(crate::sink::NotKept::DiskFailing) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the spool's disk refuses writes; new click events are not journaled\n",
+            )
+        }
     }
     text(StatusCode::OK, "ready\n")
 }
 
-fn authorize<B>(state: &AppState, request: &Request<B>, write: bool) -> Result<(), Refused> {
-    let Some(token) = &state.admin_token else {
-        if write {
-            return Err(Box::new(json_response(
-                StatusCode::FORBIDDEN,
-                &json!({"error": "admin writes are disabled: start the edge with --admin-token"}),
-            )));
-        }
-        return Ok(());
+fn authorize<B>(state: &AppState, request: &Request<B>) -> Result<(), Refused> {
+    let Some(token_digest) = &state.admin_token_digest else {
+        return Err(Box::new(json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": "the admin API is disabled: start the edge with --admin-token"}),
+        )));
     };
     let presented = request
         .headers()
@@ -143,8 +149,10 @@ fn authorize<B>(state: &AppState, request: &Request<B>, write: bool) -> Result<(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    // Constant time over the token's bytes: the comparison leaks no prefix.
-    let valid = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes())));
+    // Digests of equal length compared in constant time: neither a prefix nor
+    // the token's length shows in the time taken.
+    let valid =
+        presented.is_some_and(|p| bool::from(token_digest[..].ct_eq(&admin_token_digest(p)[..])));
     if valid {
         return Ok(());
     }
@@ -156,6 +164,13 @@ fn authorize<B>(state: &AppState, request: &Request<B>, write: bool) -> Result<(
         .headers_mut()
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     Err(Box::new(response))
+}
+
+/// What the admin token is compared as (SHA-256), so that comparisons take the
+/// same time whatever the length of what is presented.
+pub(super) fn admin_token_digest(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 async fn read_body<B>(request: Request<B>) -> Result<Bytes, Refused>

@@ -31,7 +31,8 @@ const X_ROBOTS_TAG: &str = "x-robots-tag";
 type Body = Full<Bytes>;
 
 /// Answers one edge request and counts it.
-/// `secure`: the request came over TLS (cookie `Secure`, event `scheme: "https"`).
+/// `secure`: the request came over TLS (cookie `Secure`, event `scheme: "https"`,
+/// unless a trusted proxy's `X-Forwarded-Proto` says otherwise).
 pub fn handle<B>(
     state: &AppState,
     request: &Request<B>,
@@ -110,13 +111,18 @@ fn answer<B>(
             let click = Click {
                 state,
                 request,
-                peer,
+                client: super::client_ip::client(
+                    peer.ip(),
+                    secure,
+                    request.headers(),
+                    &state.trusted_proxies,
+                    state.client_ip_header,
+                ),
                 host: &host,
                 path,
                 now,
                 link,
                 partner_id,
-                secure,
             };
             let (response, outcome) = click.redirect();
             (response, request_type(link.kind), outcome)
@@ -128,13 +134,13 @@ fn answer<B>(
 struct Click<'a, B> {
     state: &'a AppState,
     request: &'a Request<B>,
-    peer: SocketAddr,
+    /// The client's address and scheme, behind trusted proxies.
+    client: super::client_ip::Client,
     host: &'a str,
     path: &'a str,
     now: SystemTime,
     link: &'a Link,
     partner_id: Option<&'a str>,
-    secure: bool,
 }
 
 impl<B> Click<'_, B> {
@@ -225,7 +231,9 @@ impl<B> Click<'_, B> {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex"));
         if let (Some(visitor), true) = (&visitor, new_visitor) {
-            if let Ok(cookie) = HeaderValue::from_str(&visitor_set_cookie(visitor, self.secure)) {
+            if let Ok(cookie) =
+                HeaderValue::from_str(&visitor_set_cookie(visitor, self.client.https))
+            {
                 headers.insert(SET_COOKIE, cookie);
             }
         }
@@ -294,19 +302,14 @@ impl<B> Click<'_, B> {
             deeplink,
             visitor_id: visitor.map(ClickId::as_str),
             new_visitor,
-            ip: super::client_ip::client_ip(
-                self.peer.ip(),
-                request.headers(),
-                &self.state.trusted_proxies,
-            )
-            .to_string(),
+            ip: self.client.ip.to_string(),
             user_agent,
             referer: referer.as_deref(),
             accept_language: accept_language.as_deref(),
             device: client.device.as_str(),
             os: client.os.as_str(),
             bot: client.bot,
-            scheme: if self.secure { "https" } else { "http" },
+            scheme: if self.client.https { "https" } else { "http" },
             node: &self.state.node_id,
         };
         // One visitor's clicks share a key, so they stay ordered on one partition.

@@ -1,5 +1,5 @@
 //! What a connection may take: a place under `--max-connections`, and time bounded
-//! by `--header-read-timeout` and `--idle-timeout`.
+//! by `--header-read-timeout`, `--idle-timeout` and `--send-timeout`.
 //!
 //! The request head's limits (size, count, time) are hyper's, set where the
 //! connections are built (`super::http1` and `super::http2`); this module holds the
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tracing::{info, warn};
@@ -120,30 +120,42 @@ fn fitted_cap(configured: Option<usize>, open_files: u64, edge_listeners: usize)
     }
 }
 
-/// A connection closed when nothing arrives on it for `idle`: HTTP/2 connections
-/// (which hyper would keep forever) and stalled HTTP/1 bodies. Reads only mark the
-/// connection active; the timer wakes four times per `idle`, so a silent
-/// connection closes between `idle` and 1.25 × `idle` after its last byte, and a
-/// busy one costs a store per read, not a timer reset.
-pub struct IdleTimeout<S> {
+/// A connection's timers beyond the request head's.
+///
+/// - **Idle**: closed when nothing arrives for `idle`: HTTP/2 connections (which
+///   hyper would keep forever) and stalled HTTP/1 bodies. Reads only mark the
+///   connection active; the timer wakes four times per `idle`, so a silent
+///   connection closes between `idle` and 1.25 × `idle` after its last byte, and
+///   a busy one costs a store per read, not a timer reset.
+/// - **Send**: closed when a write stays blocked for `send`: the client does not
+///   read what it asked for (a pipelining client that never reads fills the
+///   socket's buffers, and hyper then stops reading too, so the idle timer alone
+///   would never fire). The timer is armed only when a write would block, so
+///   writes that go through cost nothing.
+pub struct Timed<S> {
     inner: S,
     quarter: Duration,
     /// Quarters passed with nothing read.
     silent: u8,
     active: bool,
     timer: Pin<Box<Sleep>>,
+    send: Duration,
+    /// Armed while a write is blocked: when it must have gone through.
+    send_timer: Option<Pin<Box<Sleep>>>,
     metrics: Arc<Metrics>,
 }
 
-impl<S> IdleTimeout<S> {
-    pub fn new(inner: S, idle: Duration, metrics: Arc<Metrics>) -> IdleTimeout<S> {
+impl<S> Timed<S> {
+    pub fn new(inner: S, idle: Duration, send: Duration, metrics: Arc<Metrics>) -> Timed<S> {
         let quarter = idle / 4;
-        IdleTimeout {
+        Timed {
             inner,
             quarter,
             silent: 0,
             active: false,
             timer: Box::pin(tokio::time::sleep(quarter)),
+            send,
+            send_timer: None,
             metrics,
         }
     }
@@ -164,9 +176,34 @@ impl<S> IdleTimeout<S> {
         }
         false
     }
+
+    /// Passes a write's outcome on: a completed one disarms the send timer; a
+    /// blocked one arms it (once) and fails when it has run out.
+    fn timed_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.send_timer = None;
+            return polled;
+        }
+        let send = self.send;
+        let timer = self
+            .send_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.metrics.connection_timed_out(Timeout::Send);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "send timeout: the client does not read",
+            )));
+        }
+        Poll::Pending
+    }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Timed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -190,8 +227,39 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
     }
 }
 
-// Writes go straight through: only silence from the client counts.
-super::forward_async_write!(IdleTimeout<S>, S);
+impl<S: AsyncWrite + Unpin> AsyncWrite for Timed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.timed_write(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.timed_write(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.timed_write(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.timed_write(cx, polled)
+    }
+}
 
 #[cfg(test)]
 mod tests {

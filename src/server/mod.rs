@@ -102,8 +102,9 @@ pub struct AppState {
     pub reload_lock: Mutex<()>,
     /// False until the links topic (if any) was read to its end once.
     pub links_ready: AtomicBool,
-    /// `--admin-token`; `None` turns the admin API's write endpoints off.
-    pub admin_token: Option<Box<str>>,
+    /// SHA-256 of `--admin-token` (the token itself is not kept); `None` turns
+    /// the admin API off (403).
+    pub admin_token_digest: Option<[u8; 32]>,
     pub metrics: Arc<Metrics>,
     /// Where click events go: the spool and Kafka, never waited for.
     pub sink: Arc<EventSink>,
@@ -117,11 +118,13 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// The certificates of the HTTPS listener, when TLS is on.
     pub certs: Option<Arc<CertStore>>,
-    /// Peers whose forwarding headers are believed.
+    /// Peers whose forwarding headers (and PROXY headers) are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `--client-ip-header`: the one forwarding header believed.
+    pub client_ip_header: crate::config::ClientIpHeader,
     /// Every edge connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
-    /// `--header-read-timeout` and `--idle-timeout`.
+    /// `--header-read-timeout`, `--idle-timeout` and `--send-timeout`.
     pub timeouts: Timeouts,
 }
 
@@ -132,6 +135,8 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// With nothing received.
     pub idle: Duration,
+    /// With a response blocked, unread by the client.
+    pub send: Duration,
 }
 
 /// `--max-connections` for each listener.
@@ -209,7 +214,7 @@ impl Server {
             strict: config.strict,
             reload_lock: Mutex::new(()),
             links_ready: AtomicBool::new(links_topic.is_none()),
-            admin_token: config.admin_token.map(Into::into),
+            admin_token_digest: config.admin_token.as_deref().map(admin::admin_token_digest),
             metrics,
             sink,
             classifier: Classifier::new(),
@@ -219,10 +224,12 @@ impl Server {
             draining: AtomicBool::new(false),
             certs,
             trusted_proxies: config.trusted_proxies,
+            client_ip_header: config.client_ip_header,
             proxy_protocol: config.proxy_protocol,
             timeouts: Timeouts {
                 header_read: config.header_read_timeout,
                 idle: config.idle_timeout,
+                send: config.send_timeout,
             },
         });
         let edge_listeners = if https.is_some() { 2 } else { 1 };
@@ -546,14 +553,14 @@ fn connection_ended(state: &AppState, outcome: hyper::Result<()>, peer: SocketAd
 
 /// Runs one accepted connection on a task of its own: counted while open, its
 /// PROXY header read first on the edge listeners, closed when silent for
-/// `--idle-timeout`, its place under the cap held until `speak` is done with it.
+/// `--idle-timeout` or unread for `--send-timeout`, its place under the cap held until `speak` is done with it.
 fn spawn_connection<Speak, Spoken>(
     state: &Arc<AppState>,
     accepted: Accepted,
     listener: Listener,
     speak: Speak,
 ) where
-    Speak: FnOnce(Arc<AppState>, limits::IdleTimeout<client_ip::PrefixedStream>, SocketAddr) -> Spoken
+    Speak: FnOnce(Arc<AppState>, limits::Timed<client_ip::PrefixedStream>, SocketAddr) -> Spoken
         + Send
         + 'static,
     Spoken: Future<Output = ()> + Send,
@@ -572,7 +579,12 @@ fn spawn_connection<Speak, Spoken>(
             _ => proxied(&state, stream, peer).await,
         };
         if let Some((stream, peer)) = proxied {
-            let stream = limits::IdleTimeout::new(stream, state.timeouts.idle, metrics.clone());
+            let stream = limits::Timed::new(
+                stream,
+                state.timeouts.idle,
+                state.timeouts.send,
+                metrics.clone(),
+            );
             speak(state, stream, peer).await;
         }
         metrics.connection_closed(listener);
@@ -665,7 +677,8 @@ fn serve(
 }
 
 /// With `--proxy-protocol`, reads the PROXY header: the client's address replaces
-/// the peer's. A malformed or late header closes the connection (`None`).
+/// the peer's. A malformed or late header, or (with `--trusted-proxies`) a peer
+/// outside the trusted ones, closes the connection (`None`).
 async fn proxied(
     state: &AppState,
     mut stream: tokio::net::TcpStream,
@@ -673,6 +686,16 @@ async fn proxied(
 ) -> Option<(client_ip::PrefixedStream, SocketAddr)> {
     if !state.proxy_protocol {
         return Some((client_ip::PrefixedStream::new(Vec::new(), stream), peer));
+    }
+    // With --trusted-proxies, only those may say who the client is.
+    let trusted = &state.trusted_proxies;
+    if !trusted.is_empty()
+        && !trusted
+            .iter()
+            .any(|net| net.contains(&peer.ip().to_canonical()))
+    {
+        warn!(message = "PROXY protocol connection from a peer outside --trusted-proxies; closed.", %peer);
+        return None;
     }
     match tokio::time::timeout(
         state.timeouts.header_read,

@@ -6,8 +6,8 @@ pub mod pipeline;
 pub mod spool;
 
 pub use kafka::{BrokerHealth, KafkaSettings};
-pub use pipeline::{EventSink, SpoolSettings};
-pub use spool::SpoolError;
+pub use pipeline::{EventSink, NotKept, SpoolSettings};
+pub use spool::{check_spool_dir, SpoolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

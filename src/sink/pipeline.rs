@@ -65,8 +65,8 @@ pub struct EventSink {
     kafka: Arc<Kafka>,
     metrics: Arc<Metrics>,
     drops: LogEverySecond,
-    /// Mirrors the pump's view, for `/readyz`.
-    spool_has_room: Arc<AtomicBool>,
+    /// Mirrors the pump's view, for `/readyz`: whether a new event would be kept.
+    journal: Arc<JournalState>,
     stop: Arc<AtomicBool>,
     /// Milliseconds the pump may still wait for acknowledgements once stopping.
     drain_ms: Arc<AtomicU64>,
@@ -102,7 +102,10 @@ impl EventSink {
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         let kafka = Kafka::start(kafka, metrics.clone(), ack_tx)?;
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
-        let spool_has_room = Arc::new(AtomicBool::new(true));
+        let journal = Arc::new(JournalState {
+            has_room: AtomicBool::new(true),
+            writable: AtomicBool::new(true),
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let drain_ms = Arc::new(AtomicU64::new(0));
         let pump = Pump {
@@ -116,7 +119,10 @@ impl EventSink {
             tokens: spool.replay_rate as f64,
             last_refill: Instant::now(),
             last_sync: Instant::now(),
-            spool_has_room: spool_has_room.clone(),
+            journal: journal.clone(),
+            last_disk_probe: Instant::now(),
+            unspooled_in_flight: 0,
+            unspooled_held: 0,
             stop: stop.clone(),
             drain_ms: drain_ms.clone(),
             spool_errors: LogEverySecond::new(),
@@ -136,7 +142,7 @@ impl EventSink {
             kafka,
             metrics,
             drops: LogEverySecond::new(),
-            spool_has_room,
+            journal,
             stop,
             drain_ms,
             pump: Mutex::new(Some(handle)),
@@ -171,9 +177,18 @@ impl EventSink {
         self.kafka.topic()
     }
 
-    /// The event path is writable: the spool has room, or the broker is up.
-    pub fn is_writable(&self) -> bool {
-        self.spool_has_room.load(Ordering::Relaxed) || self.kafka.health() == BrokerHealth::Up
+    /// Whether a new event would be kept: every event is journaled before it is
+    /// sent, so this is the journal's say alone (room under `--spool-max-bytes`,
+    /// and the disk taking writes), whatever the broker's state. A full spool
+    /// drops events even while Kafka is up.
+    pub fn keeps_new_events(&self) -> Result<(), NotKept> {
+        if !self.journal.writable.load(Ordering::Relaxed) {
+            return Err(NotKept::DiskFailing);
+        }
+        if !self.journal.has_room.load(Ordering::Relaxed) {
+            return Err(NotKept::SpoolFull);
+        }
+        Ok(())
     }
 
     /// Stops the pump after it has spooled every submitted event and waited up to
@@ -208,6 +223,32 @@ impl Drop for EventSink {
     }
 }
 
+/// Why a new event would not be kept (`/readyz` says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotKept {
+    SpoolFull,
+    DiskFailing,
+}
+
+/// What the pump last saw of the journal, shared with `/readyz`.
+#[derive(Debug)]
+struct JournalState {
+    /// Under `--spool-max-bytes` with room for one more event.
+    has_room: AtomicBool,
+    /// The last write reached the disk (or the disk has room again since).
+    writable: AtomicBool,
+}
+
+/// Events the disk refused that are held in memory for another try, at most:
+/// beyond it they are dropped (counted) rather than grow memory without bound
+/// while both the disk and Kafka fail.
+const MAX_HELD_UNSPOOLED: usize = 65_536;
+/// How long shutdown waits for the reports of purged messages.
+const PURGE_WAIT: Duration = Duration::from_secs(2);
+/// Free bytes on the spool's filesystem that count as "the disk takes writes
+/// again" after a write error.
+const DISK_ROOM_AGAIN: u64 = 1 << 20;
+
 struct Pump {
     rx: Receiver<Event>,
     acks: Receiver<Ack>,
@@ -217,11 +258,18 @@ struct Pump {
     settings: SpoolSettings,
     /// Failed deliveries to send again: (opaque, key, value).
     resend: VecDeque<(usize, Vec<u8>, Vec<u8>)>,
+    /// Events the disk refused, sent to Kafka and not yet reported: held by
+    /// librdkafka only. A failure report brings each back.
+    unspooled_in_flight: u64,
+    /// Of `resend`, the events the disk refused (held in memory only).
+    unspooled_held: usize,
     /// Replay token bucket.
     tokens: f64,
     last_refill: Instant,
     last_sync: Instant,
-    spool_has_room: Arc<AtomicBool>,
+    journal: Arc<JournalState>,
+    /// When the filesystem was last asked for free space after a write error.
+    last_disk_probe: Instant,
     stop: Arc<AtomicBool>,
     drain_ms: Arc<AtomicU64>,
     spool_errors: LogEverySecond,
@@ -284,17 +332,9 @@ impl Pump {
         let mut events = batch.drain(..);
         for event in events.by_ref() {
             match self.spool.append(&event.key, &event.value) {
-                Ok(segment) => appended.push((segment, event)),
+                Ok(at) => appended.push((at, event)),
                 Err(SpoolError::Full { .. }) => {
-                    self.metrics.event(EventResult::Dropped, 1);
-                    if let Some(dropped) = self.drops.tick() {
-                        error!(
-                            message =
-                                "Click events dropped: the spool is full (--spool-max-bytes).",
-                            dropped,
-                            spool_bytes = self.spool.total_bytes()
-                        );
-                    }
+                    self.drop_event("Click events dropped: the spool is full (--spool-max-bytes).")
                 }
                 Err(error) => {
                     failure = Some((error, event));
@@ -308,24 +348,34 @@ impl Pump {
             (None, Ok(())) => None,
         };
         if let Some((error, failed_event)) = failure {
-            // A failed write abandons the segment with whatever it had buffered, so
-            // none of this batch is known to be on disk: send it all directly.
+            self.journal.writable.store(false, Ordering::Relaxed);
             if let Some(errors) = self.spool_errors.tick() {
-                error!(message = "Cannot write the spool.", %error, errors);
+                error!(message = "Cannot write the spool; events it could not take go to Kafka directly.", %error, errors);
             }
-            let rest: Vec<Event> = appended
-                .into_iter()
-                .map(|(_, event)| event)
-                .chain(failed_event)
-                .chain(events)
-                .collect();
-            for event in &rest {
-                self.send_unspooled(live, event);
+            // The failed write abandoned the segment at what reached the file:
+            // frames within it are on disk and replay from there (sending them
+            // too would duplicate them); the rest exist only here.
+            let mut spooled = 0;
+            let mut in_memory = Vec::new();
+            for (at, event) in appended {
+                if self.spool.holds(at) {
+                    spooled += 1;
+                } else {
+                    in_memory.push(event);
+                }
+            }
+            if spooled > 0 {
+                self.metrics.event(EventResult::Spooled, spooled);
+            }
+            for event in in_memory.into_iter().chain(failed_event).chain(events) {
+                self.send_unspooled(&event.key, &event.value);
             }
             return;
         }
+        self.journal.writable.store(true, Ordering::Relaxed);
         let mut spooled = 0;
-        for (segment, event) in appended {
+        for (at, event) in appended {
+            let segment = at.segment;
             if live {
                 match self
                     .kafka
@@ -350,30 +400,68 @@ impl Pump {
         }
     }
 
-    /// The disk failed for this event: still try Kafka directly rather than lose
-    /// it. It is tracked in memory only (re-sent on failure while the process runs).
-    fn send_unspooled(&mut self, live: bool, event: &Event) {
-        let sent = live
-            && self
-                .kafka
-                .try_send(&event.key, &event.value, UNSPOOLED)
-                .is_ok();
-        let result = if sent {
-            EventResult::Queued
+    /// The disk failed for this event: Kafka directly rather than lose it, whatever
+    /// the broker's state (librdkafka holds it until `message.timeout.ms`). It is
+    /// tracked in memory only: a failed delivery comes back whole and is tried on
+    /// the disk again, then held for another send.
+    fn send_unspooled(&mut self, key: &[u8], value: &[u8]) {
+        match self.kafka.try_send(key, value, UNSPOOLED) {
+            Ok(()) => {
+                self.unspooled_in_flight += 1;
+                self.metrics.event(EventResult::Queued, 1);
+            }
+            Err(_) => self.drop_event(
+                "Click events dropped: the spool cannot be written and Kafka's queue is full.",
+            ),
+        }
+    }
+
+    /// A delivery of an event the disk had refused failed: onto the disk if it
+    /// takes writes again, else held for another send (within a bound).
+    fn keep_unspooled(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        if self.journal_one(&key, &value) {
+            self.metrics.event(EventResult::Spooled, 1);
+        } else if self.unspooled_held < MAX_HELD_UNSPOOLED {
+            self.unspooled_held += 1;
+            self.resend.push_back((UNSPOOLED, key, value));
         } else {
-            EventResult::Dropped
+            self.drop_event(
+                "Click events dropped: neither the spool nor Kafka takes them, and the memory for them is full.",
+            );
+        }
+    }
+
+    /// Appends one event and flushes it; whether it is on disk now.
+    fn journal_one(&mut self, key: &[u8], value: &[u8]) -> bool {
+        let on_disk = match self.spool.append(key, value) {
+            Ok(at) => self.spool.flush().is_ok() && self.spool.holds(at),
+            Err(_) => false,
         };
-        self.metrics.event(result, 1);
+        self.journal.writable.store(on_disk, Ordering::Relaxed);
+        on_disk
+    }
+
+    /// Counts and logs (once a second, with the count) an event lost for `why`.
+    fn drop_event(&self, why: &'static str) {
+        self.metrics.event(EventResult::Dropped, 1);
+        if let Some(dropped) = self.drops.tick() {
+            error!(
+                message = why,
+                dropped,
+                spool_bytes = self.spool.total_bytes()
+            );
+        }
     }
 
     fn take_acks(&mut self) {
-        for ack in self.acks.try_iter() {
+        while let Ok(ack) = self.acks.try_recv() {
             if ack.opaque == UNSPOOLED {
+                self.unspooled_in_flight = self.unspooled_in_flight.saturating_sub(1);
                 match ack.failed {
                     None => self.metrics.event(EventResult::Delivered, 1),
                     Some((key, value)) => {
                         self.metrics.event(EventResult::Failed, 1);
-                        self.resend.push_back((UNSPOOLED, key, value));
+                        self.keep_unspooled(key, value);
                     }
                 }
                 continue;
@@ -411,6 +499,10 @@ impl Pump {
                 return;
             }
             self.metrics.event(EventResult::Queued, 1);
+            if *opaque == UNSPOOLED {
+                self.unspooled_held -= 1;
+                self.unspooled_in_flight += 1;
+            }
             self.resend.pop_front();
         }
     }
@@ -498,28 +590,83 @@ impl Pump {
         self.metrics
             .spool_backlog_bytes
             .set(self.spool.backlog_bytes() as f64);
-        self.spool_has_room
+        self.journal
+            .has_room
             .store(self.spool.has_room_for(4096), Ordering::Relaxed);
+        self.probe_disk();
+    }
+
+    /// After a write error, readiness stays off until the disk shows room again
+    /// (checked once a second), so a node taken out of rotation comes back
+    /// without needing traffic to find out; the next write tells the truth.
+    fn probe_disk(&mut self) {
+        if self.journal.writable.load(Ordering::Relaxed)
+            || self.last_disk_probe.elapsed() < Duration::from_secs(1)
+        {
+            return;
+        }
+        self.last_disk_probe = Instant::now();
+        if let Ok(stats) = rustix::fs::statvfs(self.spool.dir()) {
+            if stats.f_bavail.saturating_mul(stats.f_frsize) >= DISK_ROOM_AGAIN {
+                self.journal.writable.store(true, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Whether every event taken so far is acknowledged.
     fn all_acknowledged(&self) -> bool {
-        self.spool.unacknowledged() == 0 && self.resend.is_empty() && !self.spool.has_backlog()
+        self.spool.unacknowledged() == 0
+            && self.unspooled_in_flight == 0
+            && self.resend.is_empty()
+            && !self.spool.has_backlog()
     }
 
     fn finish(mut self) -> bool {
         // What is not acknowledged is in the spool for the next start; nothing more
         // may leave from memory.
         self.kafka.purge();
-        let unacked = self.spool.unacknowledged() + self.resend.len() as u64;
+        // Purged messages come back as failed deliveries; those the disk never held
+        // are written to it now (it may have room again), or counted as lost.
+        let purged_by = Instant::now() + PURGE_WAIT;
+        while self.unspooled_in_flight > 0 && Instant::now() < purged_by {
+            thread::sleep(Duration::from_millis(5));
+            self.take_acks();
+        }
+        let held: Vec<(Vec<u8>, Vec<u8>)> = {
+            let resend = std::mem::take(&mut self.resend);
+            resend
+                .into_iter()
+                .filter(|(opaque, _, _)| *opaque == UNSPOOLED)
+                .map(|(_, key, value)| (key, value))
+                .collect()
+        };
+        self.unspooled_held = 0;
+        // No report came for these: librdkafka kept them; they are gone with it.
+        let mut lost = std::mem::take(&mut self.unspooled_in_flight);
+        for (key, value) in held {
+            if self.journal_one(&key, &value) {
+                self.metrics.event(EventResult::Spooled, 1);
+            } else {
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            self.metrics.event(EventResult::Dropped, lost);
+            error!(
+                message = "Click events lost at shutdown: the spool could not take them and Kafka did not acknowledge them.",
+                dropped = lost,
+                dir = %self.spool.dir().display()
+            );
+        }
+        let unacked = self.spool.unacknowledged();
         if let Err(error) = self.spool.seal_active() {
             error!(message = "Cannot sync the spool at shutdown.", %error);
         }
         let backlog = self.spool.backlog_bytes();
-        let done = unacked == 0 && backlog == 0;
+        let done = unacked == 0 && backlog == 0 && lost == 0;
         if done {
             info!(message = "Every click event acknowledged by Kafka.");
-        } else {
+        } else if unacked > 0 || backlog > 0 {
             warn!(
                 message = "Click events not acknowledged at shutdown stay in the spool for the next start.",
                 in_flight = unacked,

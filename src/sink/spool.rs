@@ -46,6 +46,53 @@ pub enum SpoolError {
     Locked(PathBuf),
     #[error("event too large for the spool: {0} bytes")]
     TooLarge(usize),
+    #[error("spool directory {} is {reason}: another user could plant events that would be replayed as clicks (use a directory of this user's, mode 0700)", dir.display())]
+    Unsafe { dir: PathBuf, reason: String },
+}
+
+/// Refuses a spool directory that someone else can write: another user's, or one
+/// writable by its group or by others (segments found there are replayed as
+/// clicks). A directory that does not exist yet is fine: it is created 0700.
+pub fn check_spool_dir(dir: &Path) -> Result<(), SpoolError> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = match fs::metadata(dir) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(SpoolError::Io {
+                dir: dir.to_owned(),
+                source,
+            })
+        }
+    };
+    let unsafe_because = |reason: String| {
+        Err(SpoolError::Unsafe {
+            dir: dir.to_owned(),
+            reason,
+        })
+    };
+    if !metadata.is_dir() {
+        return unsafe_because("not a directory".to_owned());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if metadata.uid() != me {
+        return unsafe_because(format!("owned by uid {}, not {me}", metadata.uid()));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return unsafe_because(format!(
+            "writable by its group or others (mode {:04o})",
+            metadata.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Files only this user can read or write: events carry visitors' addresses.
+fn private_file() -> OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = OpenOptions::new();
+    options.mode(0o600);
+    options
 }
 
 /// One segment file and how far it has been sent and acknowledged.
@@ -74,6 +121,13 @@ impl Segment {
     fn is_done(&self) -> bool {
         self.sealed && self.sent_pos == self.bytes && self.acked >= self.sent
     }
+}
+
+/// Where an appended frame went: its segment, and the offset just past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub segment: u64,
+    pub end: u64,
 }
 
 /// What reading a segment finds, in order.
@@ -130,8 +184,17 @@ impl Spool {
             dir: dir.to_owned(),
             source,
         };
-        fs::create_dir_all(dir).map_err(io_err)?;
-        let lock = OpenOptions::new()
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err)?;
+        }
+        // Checked again now that it exists: it may have been made meanwhile.
+        check_spool_dir(dir)?;
+        let lock = private_file()
             .create(true)
             .truncate(false)
             .write(true)
@@ -241,8 +304,8 @@ impl Spool {
     }
 
     /// Appends one event to the active segment (buffered until [`Spool::flush`]).
-    /// Returns the segment it went to.
-    pub fn append(&mut self, key: &[u8], value: &[u8]) -> Result<u64, SpoolError> {
+    /// Returns where it went.
+    pub fn append(&mut self, key: &[u8], value: &[u8]) -> Result<Appended, SpoolError> {
         let payload_len = 2 + key.len() + value.len();
         if payload_len > MAX_PAYLOAD || key.len() > u16::MAX as usize {
             return Err(SpoolError::TooLarge(payload_len));
@@ -269,7 +332,19 @@ impl Spool {
         segment.bytes += frame_len;
         self.total_bytes += frame_len;
         self.dirty = true;
-        Ok(id)
+        Ok(Appended {
+            segment: id,
+            end: segment.bytes,
+        })
+    }
+
+    /// Whether an appended frame is in its segment's file: after a failed flush
+    /// abandoned the segment, only frames that ended within what reached the disk
+    /// are (they will be replayed); the others are not.
+    pub fn holds(&self, appended: Appended) -> bool {
+        self.segments
+            .get(&appended.segment)
+            .is_some_and(|s| s.bytes >= appended.end)
     }
 
     /// The id of the segment appends go to, rotating a full one.
@@ -284,7 +359,7 @@ impl Spool {
         let id = self.next_id;
         self.next_id += 1;
         let path = self.dir.join(format!("{id:020}{SEGMENT_SUFFIX}"));
-        let file = OpenOptions::new()
+        let file = private_file()
             .create_new(true)
             .append(true)
             .open(&path)
@@ -608,7 +683,8 @@ mod tests {
         for i in 0..n {
             id = spool
                 .append(format!("k{i}").as_bytes(), format!("value {i}").as_bytes())
-                .unwrap();
+                .unwrap()
+                .segment;
         }
         spool.sync().unwrap();
         (spool, id)
@@ -682,6 +758,51 @@ mod tests {
         assert!(spool.segments.values().all(|s| s.sealed));
     }
 
+    /// Item 10 of issue 13: events hold visitors' addresses, and segments found in
+    /// the directory are replayed as clicks.
+    #[test]
+    fn the_spool_is_private_and_refuses_a_directory_others_can_write() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("new/spool");
+        let mut spool = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        spool.append(b"k", b"v").unwrap();
+        spool.flush().unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(parent.path().join("new")).unwrap().mode() & 0o777,
+            0o700
+        );
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            assert_eq!(
+                entry.metadata().unwrap().mode() & 0o777,
+                0o600,
+                "{:?}",
+                entry.path()
+            );
+        }
+        drop(spool);
+
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).unwrap();
+        let err = Spool::open(&dir, 1 << 20, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("writable by its group"), "{err}");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o707)).unwrap();
+        assert!(check_spool_dir(&dir).is_err());
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        check_spool_dir(&dir).unwrap();
+        // Another user's directory (the tests run as root, who can give it away).
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+            let err = check_spool_dir(&dir).unwrap_err();
+            assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        }
+        let file = parent.path().join("file");
+        fs::write(&file, b"").unwrap();
+        assert!(check_spool_dir(&file).is_err());
+        check_spool_dir(&parent.path().join("absent")).unwrap();
+    }
+
     #[test]
     fn a_second_process_cannot_open_a_locked_spool() {
         let dir = tempfile::tempdir().unwrap();
@@ -712,10 +833,11 @@ mod tests {
     fn an_abandoned_segment_trusts_the_file_and_the_next_append_starts_anew() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
-        let first = spool.append(b"k", b"one").unwrap();
+        let one = spool.append(b"k", b"one").unwrap();
+        let first = one.segment;
         spool.flush().unwrap();
         // As after a failed write: buffered frames that never reached the file.
-        spool.append(b"k", b"two").unwrap();
+        let two = spool.append(b"k", b"two").unwrap();
         let (_, writer) = spool.writer.as_mut().unwrap();
         assert!(!writer.buffer().is_empty());
         spool.abandon_active();
@@ -727,7 +849,9 @@ mod tests {
             "only what reached the file"
         );
         assert_eq!(spool.total_bytes(), segment.bytes);
-        let next = spool.append(b"k", b"three").unwrap();
+        assert!(spool.holds(one), "flushed before the failure: on disk");
+        assert!(!spool.holds(two), "still buffered: not on disk");
+        let next = spool.append(b"k", b"three").unwrap().segment;
         assert_ne!(next, first);
         let frames = spool.read_unsent(first, u64::MAX).unwrap();
         assert_eq!(records(&frames), vec![("k".into(), "one".into())]);
@@ -737,8 +861,8 @@ mod tests {
     fn segments_rotate_and_go_when_sent_and_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 30, 100).unwrap();
-        let first = spool.append(b"k", &[b'x'; 90]).unwrap();
-        let second = spool.append(b"k", &[b'y'; 90]).unwrap();
+        let first = spool.append(b"k", &[b'x'; 90]).unwrap().segment;
+        let second = spool.append(b"k", &[b'y'; 90]).unwrap().segment;
         assert_ne!(first, second, "a full segment rotates");
         assert_eq!(spool.segment_count(), 2);
         let segment = spool.segment_mut(first).unwrap();

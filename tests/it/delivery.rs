@@ -74,6 +74,8 @@ async fn a_broker_outage_under_steady_traffic_loses_no_click() {
         missing.len(),
         &missing[..missing.len().min(5)]
     );
+    // The README's table says 0 duplicates for this row: held to it.
+    assert_eq!(duplicates, 0, "{m}");
     let spooled = sample(&m, r#"clickedge_click_events_total{result="spooled"}"#).unwrap();
     let replayed = sample(&m, r#"clickedge_click_events_total{result="replayed"}"#).unwrap();
     assert!(
@@ -121,6 +123,7 @@ async fn sigterm_with_the_broker_down_keeps_the_clicks_for_the_next_start() {
         missing.len()
     );
     assert!(missing.is_empty(), "lost {} clicks", missing.len());
+    assert_eq!(duplicates, 0, "the README's table says 0 duplicates");
     assert_eq!(edge.terminate(), 0);
     assert!(
         segments(spool.path()).is_empty(),

@@ -104,8 +104,10 @@ async fn probes_health_and_readiness() {
     assert_eq!(edge.admin_get("/nope").await.status, 404);
 }
 
-/// An edge on a 64 KiB spool whose broker is down from the start.
-async fn broker_down_small_spool() -> (
+/// An edge on a 64 KiB spool whose broker is down from the start, with `args`.
+async fn broker_down_small_spool(
+    args: &[&str],
+) -> (
     MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     TestEdge,
 ) {
@@ -113,18 +115,16 @@ async fn broker_down_small_spool() -> (
     cluster.create_topic("clicks", 1, 1).unwrap();
     cluster.broker_down(1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
-    let edge = TestEdge::start(
-        LINKS,
-        &[
-            "--kafka-brokers",
-            &bootstrap,
-            "--spool-max-bytes",
-            "64KiB",
-            "--shutdown-timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let mut argv = vec![
+        "--kafka-brokers",
+        &bootstrap,
+        "--spool-max-bytes",
+        "64KiB",
+        "--shutdown-timeout",
+        "1s",
+    ];
+    argv.extend_from_slice(args);
+    let edge = TestEdge::start(LINKS, &argv).await;
     (cluster, edge)
 }
 
@@ -141,25 +141,20 @@ async fn fill_the_spool(edge: &TestEdge) -> usize {
 }
 
 #[tokio::test]
-async fn readiness_needs_the_spool_or_the_broker() {
-    let (cluster, edge) = broker_down_small_spool().await;
+async fn readiness_follows_whether_a_new_event_would_be_kept() {
+    let (cluster, edge) = broker_down_small_spool(&[]).await;
     // Broker down, spool empty: events are safe on disk, so the node is ready.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        sample(&edge.metrics().await, "clickedge_kafka_broker_up"),
-        Some(0.0)
-    );
+    edge.wait_for_sample("clickedge_kafka_broker_up", 0.0).await;
     assert_eq!(edge.admin_get("/readyz").await.status, 200);
 
     fill_the_spool(&edge).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = edge.admin_get("/readyz").await;
+    let r = wait_readyz(&edge, 503).await;
     assert_eq!(
-        (r.status, r.body.as_str()),
-        (503, "not ready: spool full and Kafka topic not reachable\n")
+        r.body,
+        "not ready: the spool is full (--spool-max-bytes); new click events would be dropped\n"
     );
 
-    // The broker returns: ready again, and the spool drains.
+    // The broker returns: the spool drains, and the node is ready again.
     cluster.broker_up(1).unwrap();
     edge.wait_ready().await;
     edge.wait_for_sample("clickedge_spool_backlog_bytes", 0.0)
@@ -168,6 +163,37 @@ async fn readiness_needs_the_spool_or_the_broker() {
         sample(&edge.metrics().await, "clickedge_kafka_broker_up"),
         Some(1.0)
     );
+}
+
+/// Issue 13, item 7: with the broker back but the spool still full (replay held
+/// to 1 event/s), new clicks are dropped: the node must not say it is ready.
+#[tokio::test]
+async fn a_full_spool_is_not_ready_even_with_the_broker_up() {
+    let (cluster, edge) = broker_down_small_spool(&["--spool-replay-rate", "1"]).await;
+    fill_the_spool(&edge).await;
+    cluster.broker_up(1).unwrap();
+    edge.wait_for_sample("clickedge_kafka_broker_up", 1.0).await;
+    let dropped = |m: &str| sample(m, r#"clickedge_click_events_total{result="dropped"}"#).unwrap();
+    let before = dropped(&edge.metrics().await);
+    for _ in 0..100 {
+        assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
+        let r = edge.admin_get("/readyz").await;
+        assert_eq!(r.status, 503, "ready while dropping: {}", r.body);
+    }
+    assert!(dropped(&edge.metrics().await) > before);
+}
+
+/// Polls `/readyz` until it answers `status` (failing after 20 s).
+async fn wait_readyz(edge: &TestEdge, status: u16) -> crate::support::TestResponse {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = edge.admin_get("/readyz").await;
+        if r.status == status {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "/readyz never answered {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -240,26 +266,31 @@ async fn draining_answers_503_on_readyz_and_refuses_new_clicks() {
 
 #[tokio::test]
 async fn a_full_spool_drops_and_counts_while_redirects_go_on() {
-    let (_cluster, edge) = broker_down_small_spool().await;
+    let (_cluster, edge) = broker_down_small_spool(&[]).await;
     for _ in 0..300 {
         assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let m = edge.metrics().await;
-    let count = |result: &str| {
+    let count = |m: &str, result: &str| {
         sample(
-            &m,
+            m,
             &format!(r#"clickedge_click_events_total{{result="{result}"}}"#),
         )
         .unwrap()
     };
-    assert!(count("dropped") > 0.0, "{m}");
-    // Every click is accounted for: sent (and spooled), kept for replay, or dropped.
-    assert_eq!(
-        count("queued") + count("spooled") + count("dropped"),
-        300.0,
-        "{m}"
-    );
+    // Every click is accounted for: sent (and spooled), kept for replay, or
+    // dropped. Waited for (the pump counts after the answer), then exact.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let m = edge.metrics().await;
+        let total = count(&m, "queued") + count(&m, "spooled") + count(&m, "dropped");
+        assert!(total <= 300.0, "counted twice: {m}");
+        if total == 300.0 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "not all counted: {m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(count(&m, "dropped") > 0.0, "{m}");
     let size = sample(&m, "clickedge_spool_size_bytes").unwrap();
     assert!(size > 0.0 && size <= 65536.0, "{m}");
     edge.stop().await.unwrap();

@@ -223,6 +223,7 @@ async fn clicks_reach_a_real_broker_and_read_back_in_full() {
         total,
         total - got.len()
     );
+    assert_eq!(total, got.len(), "no click twice");
     for event in &events {
         assert_eq!(
             event.headers.get("schema").map(String::as_str),
@@ -311,6 +312,8 @@ async fn a_hung_broker_under_traffic_loses_no_click() {
         missing.len()
     );
     assert!(missing.is_empty(), "lost {} clicks", missing.len());
+    // The README's table says 0 duplicates for a hung broker: held to it.
+    assert_eq!(duplicates, 0);
     assert_eq!(edge.terminate(), 0);
 }
 
