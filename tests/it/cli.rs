@@ -133,8 +133,67 @@ fn bad_configuration_exits_64_before_anything_starts() {
         stderr.contains("--http \"not-an-address\" is not a socket address"),
         "{stderr}"
     );
-    let (code, _, _) = run(binary().args(["--no-such-flag"]));
-    assert_ne!(code, 0);
+    let (code, _, stderr) = run(binary().args(["--no-such-flag"]));
+    assert_eq!(code, 64, "{stderr}");
+    let (code, _, stderr) = run(binary().args(["--max-connections", "99999999999999999999999"]));
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--max-connections"), "{stderr}");
+}
+
+/// Issue 13, item 11: `--idle-timeout 100000000000000000000000` panicked in
+/// `Duration::from_secs_f64`. Every duration and size flag exits 64, named.
+#[test]
+fn huge_durations_and_sizes_exit_64_with_the_flag_named() {
+    for flag in [
+        "--idle-timeout",
+        "--header-read-timeout",
+        "--send-timeout",
+        "--shutdown-timeout",
+        "--spool-fsync-interval",
+        "--spool-max-bytes",
+    ] {
+        for value in ["100000000000000000000000", "1e400"] {
+            let (code, _, stderr) = run(binary().args(["--check", flag, value]));
+            assert_eq!(code, 64, "{flag} {value}: {stderr}");
+            assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+}
+
+/// Issue 13, item 10: segments found in the spool are replayed as clicks, so a
+/// directory someone else can write is refused before anything starts.
+#[test]
+fn a_spool_directory_others_can_write_exits_64() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, _, stderr) = run(binary()
+        .arg("--check")
+        .env("CLICKEDGE_SPOOL_DIR", dir.path()));
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--spool-dir"), "{stderr}");
+    assert!(
+        stderr.contains("writable by its group or others"),
+        "{stderr}"
+    );
+    // Another user's directory (the tests run as root, who can hand it over).
+    if rustix::process::geteuid().is_root() {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let (code, _, stderr) = run(binary()
+            .arg("--check")
+            .env("CLICKEDGE_SPOOL_DIR", dir.path()));
+        assert_eq!(code, 64, "{stderr}");
+        assert!(stderr.contains("owned by uid 65534"), "{stderr}");
+    }
+    // A directory the edge creates itself is private.
+    let parent = tempfile::tempdir().unwrap();
+    let fresh = parent.path().join("spool");
+    let (edge, _) = Running::serve(&["--spool-dir", fresh.to_str().unwrap()]);
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert_eq!(edge.terminate(), 0);
 }
 
 #[test]

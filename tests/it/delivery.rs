@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 
 use crate::cli::Running;
-use crate::support::{click_steadily, consume, missing_and_duplicates, sample, TestEdge, LINKS};
+use crate::support::{
+    click_steadily, consume, missing_and_duplicates, sample, SmallDisk, TestEdge, LINKS,
+};
 
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut found: Vec<_> = fs::read_dir(dir)
@@ -229,4 +231,130 @@ async fn corrupt_and_torn_records_are_skipped_and_counted_the_rest_replays() {
     );
     let m = edge.metrics().await;
     assert!(m.contains("clickedge_spool_corrupt_records_total 2"), "{m}");
+}
+
+/// The `clickedge_click_events_total{result}` sample of `m`.
+fn events_counted(m: &str, result: &str) -> f64 {
+    sample(
+        m,
+        &format!(r#"clickedge_click_events_total{{result="{result}"}}"#),
+    )
+    .unwrap()
+}
+
+/// Waits until `done` holds for the edge's metrics page (failing after 30 s).
+async fn wait_for_metrics(edge: &TestEdge, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = edge.metrics().await;
+        if done(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "never {what}:\n{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 13, item 8, on a real full filesystem (a 512 KiB tmpfs): every event
+/// ends as delivered, replayed, dropped (counted), or on disk for the next
+/// start; nothing else. Before the fix, frames a failed flush had put on disk
+/// were both sent directly and replayed (duplicates), and events sent directly
+/// while the disk was full were purged at shutdown uncounted (lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_nothing_uncounted_and_duplicates_nothing() {
+    let Some(disk) = SmallDisk::mount("512k") else {
+        return;
+    };
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let spool = disk.path().join("spool");
+    let spool_dir = spool.to_str().unwrap().to_owned();
+    let args = [
+        "--kafka-brokers",
+        &bootstrap,
+        "--spool-dir",
+        &spool_dir,
+        // Above the filesystem's size: the disk fills before the bound.
+        "--spool-max-bytes",
+        "64MiB",
+        "--shutdown-timeout",
+        "1s",
+    ];
+    let edge = TestEdge::start(LINKS, &args).await;
+    edge.wait_ready().await;
+
+    // 1. One page left: a batch's flush writes some whole frames, then fails.
+    //    Repeated until that happened (frames on disk, counted `spooled`; it
+    //    takes a batch of several events at the boundary, which concurrency
+    //    gives in almost every round).
+    let mut served = Vec::new();
+    let mut m = String::new();
+    for _round in 0..10 {
+        disk.fill(4096);
+        let (burst, failed) = click_steadily(edge.http, 40, 10, Duration::ZERO).await;
+        assert!(!failed);
+        served.extend(burst);
+        let answered = served.len() as f64;
+        m = wait_for_metrics(&edge, "acknowledged every event so far", |m| {
+            events_counted(m, "delivered") + events_counted(m, "replayed") >= answered
+        })
+        .await;
+        assert_eq!(
+            events_counted(&m, "delivered") + events_counted(&m, "replayed"),
+            answered,
+            "acknowledged once each: {m}"
+        );
+        if events_counted(&m, "spooled") > 0.0 {
+            break;
+        }
+        disk.empty();
+    }
+    assert!(
+        events_counted(&m, "spooled") > 0.0,
+        "no failed flush left whole frames on disk in ten rounds: {m}"
+    );
+    assert_eq!(events_counted(&m, "dropped"), 0.0, "{m}");
+
+    // 2. The broker goes down while the disk is full: events can only wait in
+    //    the producer's memory.
+    cluster.broker_down(1).unwrap();
+    edge.wait_for_sample("clickedge_kafka_broker_up", 0.0).await;
+    disk.fill(0);
+    let queued_before = events_counted(&edge.metrics().await, "queued");
+    let (second, failed) = click_steadily(edge.http, 4, 50, Duration::ZERO).await;
+    assert!(!failed);
+    wait_for_metrics(&edge, "queued the second burst", |m| {
+        events_counted(m, "queued") >= queued_before + second.len() as f64
+    })
+    .await;
+    let m = edge.metrics().await;
+    assert_eq!(events_counted(&m, "dropped"), 0.0, "{m}");
+    assert_eq!(
+        edge.admin_get("/readyz").await.status,
+        503,
+        "a disk that refuses writes takes the node out of rotation"
+    );
+    served.extend(second);
+
+    // 3. The disk has room again; shutdown must journal what only memory held.
+    disk.empty();
+    edge.stop().await.unwrap();
+    cluster.broker_up(1).unwrap();
+    let edge = TestEdge::start(LINKS, &args).await;
+    let (missing, duplicates, read) = read_back(&bootstrap, &served).await;
+    eprintln!(
+        "full disk test: {} served, {read} read, {} lost, {duplicates} duplicates",
+        served.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {} clicks uncounted",
+        missing.len()
+    );
+    assert_eq!(duplicates, 0);
+    edge.wait_for_sample("clickedge_spool_backlog_bytes", 0.0)
+        .await;
+    edge.stop().await.unwrap();
 }

@@ -161,6 +161,67 @@ async fn a_silent_connection_is_closed_at_the_idle_timeout() {
     .await;
 }
 
+/// Issue 13, item 9: a client that pipelines requests and never reads their
+/// answers fills the socket's buffers; hyper then stops reading too, so neither
+/// the head nor the idle timer runs. The send timeout closes it.
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_at_the_send_timeout() {
+    let edge = TestEdge::start(
+        LINKS,
+        &[
+            "--send-timeout",
+            "1s",
+            "--idle-timeout",
+            "60s",
+            "--header-read-timeout",
+            "60s",
+        ],
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(edge.http).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // Robots answers: no click events, ~150 bytes each; megabytes of answers
+    // outgrow any socket buffer on the way.
+    let requests = b"GET /robots.txt HTTP/1.1\r\nHost: acme.sjv.io\r\n\r\n".repeat(60_000);
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&requests).await;
+        writer
+    });
+    edge.wait_for_sample(
+        r#"clickedge_connections_timed_out_total{timeout="send"}"#,
+        1.0,
+    )
+    .await;
+    edge.wait_for_sample(r#"clickedge_connections_active{listener="http"}"#, 0.0)
+        .await;
+    // What the edge had written before it gave up is still readable, then the end.
+    let (_, _) = read_to_close_owned(&mut reader, Duration::from_secs(10)).await;
+    writing.abort();
+}
+
+/// [`read_to_close`] for the read half of a split stream.
+async fn read_to_close_owned(
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    within: Duration,
+) -> (usize, Duration) {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(within, async {
+        let mut total = 0;
+        let mut chunk = [0u8; 65536];
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    let total = outcome.expect("the server closed the connection");
+    (total, started.elapsed())
+}
+
 #[tokio::test]
 async fn an_unfinished_tls_handshake_is_closed_at_the_header_read_timeout() {
     let (edge, _certs) = tls_edge(&["--header-read-timeout", "1s"]).await;

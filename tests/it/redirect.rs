@@ -151,6 +151,29 @@ async fn known_host_without_a_match_uses_its_fallback() {
     }
 }
 
+/// Issue 13, item 2: an expired fallback answered 302 with a click id and an
+/// event. Out of its window it is not in service: 404, no click.
+#[tokio::test]
+async fn a_fallback_out_of_its_window_answers_404_and_records_no_click() {
+    let links = r#"
+{"type":"fallback","host":"old.sjv.io","url":"https://www.old.com/","valid_until":"2020-01-01T00:00:00Z"}
+{"type":"tracking","host":"old.sjv.io","campaign_id":"1","ad_id":"1","url":"https://www.old.com/x","valid_until":"2020-01-01T00:00:00Z"}
+{"type":"fallback","host":"live.sjv.io","url":"https://www.live.com/","valid_from":"2020-01-01T00:00:00Z"}
+"#;
+    let edge = TestEdge::start(links, &[]).await;
+    for target in ["/", "/c/1/1/1", "/anything"] {
+        let r = edge.get("old.sjv.io", target).await;
+        assert_eq!(r.status, 404, "{target}");
+        assert!(r.header("location").is_none(), "{target}");
+    }
+    // A fallback within its window still answers, and is the only click.
+    let r = edge.get("live.sjv.io", "/x").await;
+    assert_eq!(r.status, 302);
+    let events = edge.events(1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].field("host"), "live.sjv.io");
+}
+
 #[tokio::test]
 async fn known_host_without_fallback_and_unknown_hosts_are_404() {
     let edge = TestEdge::start(LINKS, &[]).await;

@@ -502,3 +502,71 @@ pub fn event_for<'a>(events: &'a [Consumed], click_id: &str) -> &'a Consumed {
             )
         })
 }
+
+/// A real small filesystem (tmpfs with `size=`) mounted over a temporary
+/// directory, for tests of a full disk; unmounted on drop. Needs root (the tests
+/// run as root in CI, where a failure to mount fails the test); elsewhere the
+/// test is skipped, saying so.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot mount a tmpfs (the tests need root)"
+            );
+            eprintln!("skipped: cannot mount a tmpfs (not root?)");
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills the filesystem with `filler` until it refuses a byte, then frees
+    /// `leave` bytes of it (whole pages on tmpfs).
+    pub fn fill(&self, leave: u64) {
+        use std::io::Write as _;
+        let path = self.path().join("filler");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let page = [0xAAu8; 4096];
+        while file.write_all(&page).and_then(|()| file.flush()).is_ok() {}
+        let len = std::fs::metadata(&path).unwrap().len();
+        file.set_len(len.saturating_sub(leave)).unwrap();
+    }
+
+    /// Frees everything `fill` took.
+    pub fn empty(&self) {
+        let _ = std::fs::remove_file(self.path().join("filler"));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
