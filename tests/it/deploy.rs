@@ -185,6 +185,51 @@ async fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
     }
 }
 
+/// Issue 13, item 5: a scrape of a live edge (every family present: clicks,
+/// refusals, TLS) passes `promtool check metrics`, which wants a HELP line per
+/// family and Prometheus' naming conventions.
+#[tokio::test]
+async fn a_live_scrape_passes_promtool_check_metrics() {
+    if !have("promtool") {
+        return;
+    }
+    let certs = crate::tls::cert_dir();
+    let edge = TestEdge::start(LINKS, &["--tls-certs", certs.path().to_str().unwrap()]).await;
+    edge.get("acme.sjv.io", "/c/1/5678/9012").await;
+    edge.get("unknown.example", "/").await;
+    edge.wait_for_sample(r#"clickedge_click_events_total{result="delivered"}"#, 1.0)
+        .await;
+    let scrape = edge.metrics().await;
+    assert!(
+        scrape.contains("# HELP clickedge_tls_certificate_expiry_timestamp_seconds "),
+        "{scrape}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "{said}\n{scrape}"
+    );
+}
+
 const APP_LINKS: &str = r#"
 {"type":"tracking","host":"acme.sjv.io","campaign_id":"1","ad_id":"10","url":"https://www.acme.com/app","app":{"ios_url":"https://apps.apple.com/app/id123","android_url":"https://play.google.com/store/apps/details?id=com.acme","deeplink":"acme://home","interstitial":true}}
 {"type":"tracking","host":"acme.sjv.io","campaign_id":"1","ad_id":"11","url":"https://www.acme.com/store","app":{"ios_url":"https://apps.apple.com/app/id123","android_url":"https://play.google.com/store/apps/details?id=com.acme"}}
