@@ -9,8 +9,8 @@
 /// `AsyncWrite` for a stream wrapper that writes straight to its `inner` field
 /// (reads are where the wrappers differ).
 macro_rules! forward_async_write {
-    ($wrapper:ty $(, $param:ident)?) => {
-        impl$(<$param: tokio::io::AsyncWrite + Unpin>)? tokio::io::AsyncWrite for $wrapper {
+    ($wrapper:ty) => {
+        impl tokio::io::AsyncWrite for $wrapper {
             fn poll_write(
                 mut self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,

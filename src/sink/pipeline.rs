@@ -417,9 +417,11 @@ impl Pump {
     }
 
     /// A delivery of an event the disk had refused failed: onto the disk if it
-    /// takes writes again, else held for another send (within a bound).
+    /// takes writes again, else held for another send (within a bound). While
+    /// the disk is known to fail, no write is tried (each would make a segment
+    /// file) until the free-space probe sees room; shutdown tries regardless.
     fn keep_unspooled(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        if self.journal_one(&key, &value) {
+        if self.journal.writable.load(Ordering::Relaxed) && self.journal_one(&key, &value) {
             self.metrics.event(EventResult::Spooled, 1);
         } else if self.unspooled_held < MAX_HELD_UNSPOOLED {
             self.unspooled_held += 1;

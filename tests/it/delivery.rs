@@ -242,19 +242,6 @@ fn events_counted(m: &str, result: &str) -> f64 {
     .unwrap()
 }
 
-/// Waits until `done` holds for the edge's metrics page (failing after 30 s).
-async fn wait_for_metrics(edge: &TestEdge, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = edge.metrics().await;
-        if done(&m) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "never {what}:\n{m}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Issue 13, item 8, on a real full filesystem (a 512 KiB tmpfs): every event
 /// ends as delivered, replayed, dropped (counted), or on disk for the next
 /// start; nothing else. Before the fix, frames a failed flush had put on disk
@@ -296,10 +283,11 @@ async fn a_full_disk_loses_nothing_uncounted_and_duplicates_nothing() {
         assert!(!failed);
         served.extend(burst);
         let answered = served.len() as f64;
-        m = wait_for_metrics(&edge, "acknowledged every event so far", |m| {
-            events_counted(m, "delivered") + events_counted(m, "replayed") >= answered
-        })
-        .await;
+        m = edge
+            .wait_for_metrics("acknowledged every event so far", |m| {
+                events_counted(m, "delivered") + events_counted(m, "replayed") >= answered
+            })
+            .await;
         assert_eq!(
             events_counted(&m, "delivered") + events_counted(&m, "replayed"),
             answered,
@@ -324,7 +312,7 @@ async fn a_full_disk_loses_nothing_uncounted_and_duplicates_nothing() {
     let queued_before = events_counted(&edge.metrics().await, "queued");
     let (second, failed) = click_steadily(edge.http, 4, 50, Duration::ZERO).await;
     assert!(!failed);
-    wait_for_metrics(&edge, "queued the second burst", |m| {
+    edge.wait_for_metrics("queued the second burst", |m| {
         events_counted(m, "queued") >= queued_before + second.len() as f64
     })
     .await;

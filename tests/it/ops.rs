@@ -148,7 +148,7 @@ async fn readiness_follows_whether_a_new_event_would_be_kept() {
     assert_eq!(edge.admin_get("/readyz").await.status, 200);
 
     fill_the_spool(&edge).await;
-    let r = wait_readyz(&edge, 503).await;
+    let r = edge.wait_readyz(503).await;
     assert_eq!(
         r.body,
         "not ready: the spool is full (--spool-max-bytes); new click events would be dropped\n"
@@ -181,19 +181,6 @@ async fn a_full_spool_is_not_ready_even_with_the_broker_up() {
         assert_eq!(r.status, 503, "ready while dropping: {}", r.body);
     }
     assert!(dropped(&edge.metrics().await) > before);
-}
-
-/// Polls `/readyz` until it answers `status` (failing after 20 s).
-async fn wait_readyz(edge: &TestEdge, status: u16) -> crate::support::TestResponse {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = edge.admin_get("/readyz").await;
-        if r.status == status {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "/readyz never answered {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -279,17 +266,11 @@ async fn a_full_spool_drops_and_counts_while_redirects_go_on() {
     };
     // Every click is accounted for: sent (and spooled), kept for replay, or
     // dropped. Waited for (the pump counts after the answer), then exact.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let m = loop {
-        let m = edge.metrics().await;
-        let total = count(&m, "queued") + count(&m, "spooled") + count(&m, "dropped");
-        assert!(total <= 300.0, "counted twice: {m}");
-        if total == 300.0 {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "not all counted: {m}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let total = |m: &str| count(m, "queued") + count(m, "spooled") + count(m, "dropped");
+    let m = edge
+        .wait_for_metrics("every click counted", |m| total(m) >= 300.0)
+        .await;
+    assert_eq!(total(&m), 300.0, "counted once each: {m}");
     assert!(count(&m, "dropped") > 0.0, "{m}");
     let size = sample(&m, "clickedge_spool_size_bytes").unwrap();
     assert!(size > 0.0 && size <= 65536.0, "{m}");

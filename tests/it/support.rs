@@ -166,29 +166,41 @@ impl TestEdge {
     /// Waits until `series` reads `want` in `/metrics` (failing after 20 s), and
     /// returns that page.
     pub async fn wait_for_sample(&self, series: &str, want: f64) -> String {
+        self.wait_for_metrics(&format!("{series} at {want}"), |m| {
+            sample(m, series) == Some(want)
+        })
+        .await
+    }
+
+    /// Waits until `done` holds for `/metrics` (failing after 20 s, saying
+    /// `what` never happened), and returns that page.
+    pub async fn wait_for_metrics(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let metrics = self.metrics().await;
-            if sample(&metrics, series) == Some(want) {
+            if done(&metrics) {
                 return metrics;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{series} never reached {want}:\n{metrics}"
-            );
+            assert!(Instant::now() < deadline, "never {what}:\n{metrics}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// Waits until `/readyz` answers 200 (the broker answered for the topic).
     pub async fn wait_ready(&self) {
+        self.wait_readyz(200).await;
+    }
+
+    /// Polls `/readyz` until it answers `status` (failing after 20 s).
+    pub async fn wait_readyz(&self, status: u16) -> TestResponse {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.admin_get("/readyz").await.status == 200 {
-                return;
+            let r = self.admin_get("/readyz").await;
+            if r.status == status {
+                return r;
             }
-            assert!(Instant::now() < deadline, "edge never became ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(Instant::now() < deadline, "/readyz never answered {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
