@@ -148,6 +148,17 @@ pub struct RunArgs {
     #[arg(long, env = "CLICKEDGE_LINKS_TOPIC", value_name = "TOPIC")]
     pub links_topic: Option<String>,
 
+    /// How long a start waits to read the links topic to its end before it is
+    /// ready anyway, serving the file plus the topic's last snapshot (kept beside
+    /// the spool): a broker outage must not keep new nodes out of rotation.
+    #[arg(
+        long,
+        env = "CLICKEDGE_LINKS_TOPIC_READY_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub links_topic_ready_timeout: String,
+
     /// Bearer token of the admin API's endpoints; without it, the write endpoints
     /// answer 403. Prefer the environment variable over the command line.
     #[arg(
@@ -275,6 +286,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub send_timeout: Duration,
+    /// `--links-topic-ready-timeout`.
+    pub links_topic_ready_timeout: Duration,
 }
 
 /// `--client-ip-header`: the forwarding header a trusted proxy writes.
@@ -418,6 +431,8 @@ impl Config {
         let header_read_timeout = positive("header-read-timeout", &args.header_read_timeout)?;
         let idle_timeout = positive("idle-timeout", &args.idle_timeout)?;
         let send_timeout = positive("send-timeout", &args.send_timeout)?;
+        let links_topic_ready_timeout =
+            duration("links-topic-ready-timeout", &args.links_topic_ready_timeout)?;
         if args.max_connections == Some(0) {
             return Err(ConfigError::Zero {
                 flag: "max-connections",
@@ -463,6 +478,7 @@ impl Config {
             header_read_timeout,
             idle_timeout,
             send_timeout,
+            links_topic_ready_timeout,
         })
     }
 
@@ -638,6 +654,7 @@ mod tests {
             "--idle-timeout",
             "--send-timeout",
             "--spool-fsync-interval",
+            "--links-topic-ready-timeout",
         ] {
             for value in ["100000000000000000000000", "1e400", "25h", "inf", "NaN"] {
                 let err = Config::from_argv(["clickedge", flag, value]).unwrap_err();

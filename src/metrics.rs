@@ -35,6 +35,9 @@ pub const CONNECTIONS_ACTIVE: &str = "clickedge_connections_active";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "clickedge_connections_refused_total";
 pub const CONNECTIONS_TIMED_OUT_TOTAL: &str = "clickedge_connections_timed_out_total";
 pub const BUILD_INFO: &str = "clickedge_build_info";
+/// How stale the links topic's changes may be: 0 while the topic is read to its
+/// end with the broker answering. Only with `--links-topic`.
+pub const LINKS_TOPIC_LAG_SECONDS: &str = "clickedge_links_topic_lag_seconds";
 pub const TLS_CERTIFICATES: &str = "clickedge_tls_certificates";
 pub const TLS_RELOADS_TOTAL: &str = "clickedge_tls_reloads_total";
 /// Rendered by the certificate store itself (one series per loaded certificate).
@@ -61,6 +64,7 @@ const HELP: &[(&str, &str)] = &[
     (CONNECTIONS_REFUSED_TOTAL, "Connections turned away at --max-connections, by listener."),
     (CONNECTIONS_TIMED_OUT_TOTAL, "Connections closed by a timeout: header, idle, handshake or send."),
     (BUILD_INFO, "Always 1; the version of the running build as a label."),
+    (LINKS_TOPIC_LAG_SECONDS, "Seconds since the links topic was last known read to its end with the broker answering (0 while it is); since start when never."),
     (TLS_CERTIFICATES, "Certificates loaded for the HTTPS listener."),
     (TLS_RELOADS_TOTAL, "Loads of the certificate directory, by result; a failed one keeps the previous set."),
     (TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, "When each loaded certificate expires (Unix time), by the name it was loaded under."),
@@ -254,6 +258,8 @@ pub struct Metrics {
     tls_certificates: Gauge,
     tls_reloads_success: Counter,
     tls_reloads_error: Counter,
+    /// Registered on first use, so an edge without `--links-topic` has none.
+    links_topic_lag: OnceLock<Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -317,6 +323,7 @@ impl Metrics {
             tls_certificates: gauge(TLS_CERTIFICATES, &[]),
             tls_reloads_success: counter(TLS_RELOADS_TOTAL, &[("result", "success")]),
             tls_reloads_error: counter(TLS_RELOADS_TOTAL, &[("result", "error")]),
+            links_topic_lag: OnceLock::new(),
             handle,
             recorder,
         };
@@ -405,6 +412,16 @@ impl Metrics {
 
     pub fn connection_timed_out(&self, timeout: Timeout) {
         self.connections_timed_out[timeout as usize].increment(1);
+    }
+
+    /// How stale the links topic's changes are, in seconds.
+    pub fn links_topic_lag(&self, seconds: f64) {
+        self.links_topic_lag
+            .get_or_init(|| {
+                self.recorder
+                    .register_gauge(&Key::from_static_name(LINKS_TOPIC_LAG_SECONDS), &metadata())
+            })
+            .set(seconds);
     }
 
     /// The Prometheus text exposition.

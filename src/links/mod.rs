@@ -3,6 +3,7 @@
 mod map;
 mod record;
 mod resolve;
+mod snapshot;
 mod store;
 
 use std::fmt;
@@ -14,6 +15,7 @@ pub use record::{
     AppSite, Id, Link, LinkKind, LoadCache, Record, RecordError, RecordKey, RedirectStatus,
 };
 pub use resolve::{resolve, AppSiteFile, Route};
+pub use snapshot::{SnapshotError, TopicSnapshot};
 pub use store::{Change, LinkStore};
 
 /// The sample links served when no `--links` file is given, so that a first

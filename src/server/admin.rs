@@ -42,6 +42,16 @@ where
     let method = request.method().clone();
     match (path.as_str(), &method) {
         ("/metrics", &Method::GET) => {
+            if let Some(current_at) = &state.links_topic_current_at_ms {
+                let since = match current_at.load(Ordering::Relaxed) {
+                    0 => state.started_at_ms,
+                    at => at,
+                };
+                let now = (super::reload::unix_seconds() * 1000.0) as i64;
+                state
+                    .metrics
+                    .links_topic_lag(((now - since).max(0) as f64 / 1000.0).floor());
+            }
             let mut text = state.metrics.render();
             if let Some(certs) = &state.certs {
                 certs.render_expiry(&mut text);

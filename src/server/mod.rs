@@ -61,7 +61,8 @@ pub mod request;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,7 +74,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::links::{LinkStore, LinksSource, Loaded};
+use crate::links::{LinkStore, LinksSource, Loaded, TopicSnapshot};
 use crate::metrics::{Listener, Metrics, Timeout};
 use crate::sink::EventSink;
 use crate::tls::CertStore;
@@ -87,6 +88,8 @@ const H2_MAX_STREAMS: u32 = 100;
 /// HTTP/2 streams a client may open and reset before they are served, per
 /// connection, before it is told to go away (rapid reset, CVE-2023-44487).
 const H2_MAX_PENDING_RESETS: usize = 20;
+/// How long shutdown waits for the links topic's reader to write its snapshot.
+const LINKS_TOPIC_STOP: Duration = Duration::from_secs(3);
 /// The admin listener outlives the edge's drain by at most this, to answer probes.
 const ADMIN_DRAIN: Duration = Duration::from_secs(2);
 
@@ -100,8 +103,17 @@ pub struct AppState {
     pub strict: bool,
     /// One reload at a time (SIGHUP and the API may race); requests never take it.
     pub reload_lock: Mutex<()>,
-    /// False until the links topic (if any) was read to its end once.
+    /// False until the links topic (if any) was read to its end once, or
+    /// `--links-topic-ready-timeout` passed (then the file and the topic's last
+    /// snapshot serve).
     pub links_ready: AtomicBool,
+    /// With `--links-topic`: when the topic was last known read to its end with
+    /// the broker answering (Unix ms; 0: never, not even in the snapshot), for
+    /// `clickedge_links_topic_lag_seconds`.
+    pub links_topic_current_at_ms: Option<AtomicI64>,
+    /// When this edge started (Unix ms): the links' staleness when the topic's
+    /// is unknown.
+    pub started_at_ms: i64,
     /// SHA-256 of `--admin-token` (the token itself is not kept); `None` turns
     /// the admin API off (403).
     pub admin_token_digest: Option<[u8; 32]>,
@@ -157,11 +169,14 @@ pub struct Server {
     limits: Limits,
 }
 
-/// `--links-topic`, with the Kafka settings to read it.
+/// `--links-topic`, with the Kafka settings to read it and what the last run
+/// left of it.
 struct LinksTopic {
-    topic: String,
     bootstrap: String,
     options: Vec<(String, String)>,
+    snapshot: TopicSnapshot,
+    snapshot_path: PathBuf,
+    ready_timeout: Duration,
 }
 
 impl Server {
@@ -203,10 +218,15 @@ impl Server {
             }
         };
 
-        let links_topic = config.kafka.links_topic.clone().map(|topic| LinksTopic {
-            topic,
-            bootstrap: sink.bootstrap().to_owned(),
-            options: config.kafka.options.clone(),
+        let links_topic = config.kafka.links_topic.clone().map(|topic| {
+            let snapshot_path = TopicSnapshot::path(&config.spool.dir, &topic);
+            LinksTopic {
+                snapshot: links_topic::load_snapshot(&snapshot_path, &topic),
+                snapshot_path,
+                bootstrap: sink.bootstrap().to_owned(),
+                options: config.kafka.options.clone(),
+                ready_timeout: config.links_topic_ready_timeout,
+            }
         });
         let state = Arc::new(AppState {
             links: LinkStore::new(loaded.map),
@@ -214,6 +234,10 @@ impl Server {
             strict: config.strict,
             reload_lock: Mutex::new(()),
             links_ready: AtomicBool::new(links_topic.is_none()),
+            links_topic_current_at_ms: links_topic
+                .as_ref()
+                .map(|t| AtomicI64::new(t.snapshot.current_at_ms.unwrap_or(0))),
+            started_at_ms: (reload::unix_seconds() * 1000.0) as i64,
             admin_token_digest: config.admin_token.as_deref().map(admin::admin_token_digest),
             metrics,
             sink,
@@ -284,13 +308,29 @@ impl Server {
             links_topic,
             limits,
         } = self;
+        let mut links_topic_ended = None;
         if let Some(LinksTopic {
-            topic,
             bootstrap,
             options,
+            snapshot,
+            snapshot_path,
+            ready_timeout,
         }) = links_topic
         {
-            links_topic::spawn(state.clone(), bootstrap, options, topic);
+            links_topic::apply_snapshot(&state, &snapshot);
+            tokio::spawn(links_topic::ready_after(
+                state.clone(),
+                ready_timeout,
+                snapshot.records.len(),
+                snapshot.current_at_ms,
+            ));
+            links_topic_ended = Some(links_topic::spawn(
+                state.clone(),
+                bootstrap,
+                options,
+                snapshot,
+                snapshot_path,
+            ));
         }
         let reloads = tokio::spawn(reload_on_hangup(state.clone()));
         if let Some(store) = &state.certs {
@@ -374,6 +414,12 @@ impl Server {
         tokio::task::spawn_blocking(move || sink.shutdown(shutdown_timeout))
             .await
             .context("the event sink shutdown task panicked")?;
+
+        // The links topic's reader saw the drain and writes its snapshot a last
+        // time: the next start's links (it may be waiting on a broker: bounded).
+        if let Some(ended) = links_topic_ended {
+            let _ = tokio::task::spawn_blocking(move || ended.recv_timeout(LINKS_TOPIC_STOP)).await;
+        }
 
         let _ = admin_stop.send(());
         if let Ok(admin_connections) = admin_loop.await {

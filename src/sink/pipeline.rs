@@ -177,6 +177,11 @@ impl EventSink {
         self.kafka.topic()
     }
 
+    /// What the health monitor last saw of the broker (probed every second).
+    pub fn broker_health(&self) -> BrokerHealth {
+        self.kafka.health()
+    }
+
     /// Whether a new event would be kept: every event is journaled before it is
     /// sent, so this is the journal's say alone (room under `--spool-max-bytes`,
     /// and the disk taking writes), whatever the broker's state. A full spool

@@ -41,7 +41,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let checked = run(Command::new("promtool")
         .args(["check", "rules", "alerts.yml"])
         .current_dir(&dir));
-    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 13 rules found"), "{checked}");
     let tested = run(Command::new("promtool")
         .args(["test", "rules", "alerts.test.yml"])
         .current_dir(&dir));
@@ -157,7 +157,17 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
     let certs = crate::tls::cert_dir();
-    let edge = TestEdge::start(LINKS, &["--tls-certs", certs.path().to_str().unwrap()]).await;
+    // With a links topic too: its staleness gauge exists only then.
+    let edge = TestEdge::start(
+        LINKS,
+        &[
+            "--tls-certs",
+            certs.path().to_str().unwrap(),
+            "--links-topic",
+            "links",
+        ],
+    )
+    .await;
     edge.get("acme.sjv.io", "/c/1/5678/9012").await;
     let exported = metric_names(&edge.metrics().await);
 
@@ -194,7 +204,16 @@ async fn a_live_scrape_passes_promtool_check_metrics() {
         return;
     }
     let certs = crate::tls::cert_dir();
-    let edge = TestEdge::start(LINKS, &["--tls-certs", certs.path().to_str().unwrap()]).await;
+    let edge = TestEdge::start(
+        LINKS,
+        &[
+            "--tls-certs",
+            certs.path().to_str().unwrap(),
+            "--links-topic",
+            "links",
+        ],
+    )
+    .await;
     edge.get("acme.sjv.io", "/c/1/5678/9012").await;
     edge.get("unknown.example", "/").await;
     edge.wait_for_sample(r#"clickedge_click_events_total{result="delivered"}"#, 1.0)

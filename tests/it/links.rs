@@ -406,6 +406,8 @@ async fn readiness_waits_for_the_links_topic() {
             &bootstrap,
             "--links-topic",
             "links",
+            "--links-topic-ready-timeout",
+            "60s",
             "--shutdown-timeout",
             "1s",
         ],
@@ -550,4 +552,134 @@ async fn a_link_in_every_version_never_misses_while_the_map_churns() {
     assert_eq!(edge.get("churn.io", "/s99").await.status, 302);
     assert_eq!(edge.get("api-churn.io", "/s99").await.status, 302);
     assert_eq!(edge.get("api-churn.io", "/s98").await.status, 404);
+}
+
+/// Issue 14: a node started while the broker is down becomes ready within
+/// `--links-topic-ready-timeout`, serving the file plus the links topic's
+/// snapshot its last run left beside the spool; when the broker answers it
+/// resumes from the snapshot's offsets (not from the beginning) and the links'
+/// staleness goes back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_during_an_outage_is_ready_from_its_links_snapshot() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    cluster.create_topic("links", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap().to_owned();
+    let args = [
+        "--kafka-brokers",
+        &bootstrap,
+        "--links-topic",
+        "links",
+        "--spool-dir",
+        &spool_dir,
+        "--links-topic-ready-timeout",
+        "1s",
+        "--shutdown-timeout",
+        "1s",
+    ];
+    let first_vanity = r#"{"type":"vanity","host":"new.pxf.io","slug":"first","partner_id":"9","campaign_id":"9","ad_id":"9","url":"https://www.acme.com/first-from-topic"}"#;
+    produce(
+        &bootstrap,
+        "links",
+        &[("vanity|new.pxf.io|first", Some(first_vanity))],
+    );
+
+    // A first run reads the topic and leaves its snapshot at shutdown.
+    let edge = TestEdge::start(LINKS, &args).await;
+    wait_status(&edge, "new.pxf.io", "/first", 302).await;
+    edge.wait_for_sample("clickedge_links_topic_lag_seconds", 0.0)
+        .await;
+    edge.stop().await.unwrap();
+    let snapshot = spool.path().join("links-topic-links.snapshot");
+    let text = std::fs::read_to_string(&snapshot).expect("a snapshot beside the spool");
+    assert!(text.contains("vanity|new.pxf.io|first"), "{text}");
+    assert!(
+        text.starts_with(r#"{"v":1,"topic":"links","offsets":{"0":1}"#),
+        "{text}"
+    );
+
+    // Edit the snapshot's copy of the record: if the next run read the topic from
+    // the beginning again, the topic's version would come back.
+    std::fs::write(
+        &snapshot,
+        text.replace("first-from-topic", "first-from-snapshot"),
+    )
+    .unwrap();
+
+    // The broker is down; the node is ready anyway, from the snapshot.
+    cluster.broker_down(1).unwrap();
+    let edge = TestEdge::start(LINKS, &args).await;
+    let r = edge.admin_get("/readyz").await;
+    assert_eq!(r.status, 503, "not before the bound: {}", r.body);
+    edge.wait_ready().await;
+    let r = edge.get("new.pxf.io", "/first").await;
+    assert_eq!(r.status, 302);
+    assert!(
+        r.location().contains("first-from-snapshot"),
+        "{}",
+        r.location()
+    );
+    assert_eq!(
+        edge.get("acme.pxf.io", "/janes-picks").await.status,
+        302,
+        "the file serves"
+    );
+    // The links are known to be stale, and by how much.
+    edge.wait_for_metrics("links counted stale", |m| {
+        sample(m, "clickedge_links_topic_lag_seconds").is_some_and(|lag| lag >= 2.0)
+    })
+    .await;
+
+    // The broker returns: reading resumes after the snapshot's offset.
+    cluster.broker_up(1).unwrap();
+    let second = r#"{"type":"vanity","host":"new.pxf.io","slug":"second","partner_id":"9","campaign_id":"9","ad_id":"9","url":"https://www.acme.com/second"}"#;
+    produce(
+        &bootstrap,
+        "links",
+        &[("vanity|new.pxf.io|second", Some(second))],
+    );
+    wait_status(&edge, "new.pxf.io", "/second", 302).await;
+    edge.wait_for_sample("clickedge_links_topic_lag_seconds", 0.0)
+        .await;
+    let r = edge.get("new.pxf.io", "/first").await;
+    assert!(
+        r.location().contains("first-from-snapshot"),
+        "offset 0 was read again: {}",
+        r.location()
+    );
+    edge.stop().await.unwrap();
+}
+
+/// Issue 14: a first start with no snapshot and no broker serves the file, is
+/// ready after the bound, says so loudly, and counts its links stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_without_broker_or_snapshot_serves_the_file_and_says_so() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    cluster.create_topic("links", 1, 1).unwrap();
+    cluster.broker_down(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let args = [
+        "--kafka-brokers",
+        &bootstrap,
+        "--links-topic",
+        "links",
+        "--links-topic-ready-timeout",
+        "1s",
+    ];
+    let edge = TestEdge::start(LINKS, &args).await;
+    edge.wait_ready().await;
+    assert_eq!(edge.get("acme.pxf.io", "/janes-picks").await.status, 302);
+    edge.wait_for_metrics("links counted stale since start", |m| {
+        sample(m, "clickedge_links_topic_lag_seconds").is_some_and(|lag| lag >= 1.0)
+    })
+    .await;
+
+    let (running, http) = Running::serve(&args);
+    running.wait_for("no snapshot of it exists; ready with the links FILE ALONE");
+    let r = request(http, "GET", "acme.pxf.io", "/janes-picks", &[]).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(running.terminate(), 0);
 }
