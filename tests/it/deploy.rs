@@ -48,51 +48,117 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     assert!(tested.contains("SUCCESS"), "{tested}");
 }
 
-#[test]
-fn manifests_render_and_pass_the_kubernetes_schemas() {
-    if !have("kubectl") || !have("kubernetes-validate") {
-        return;
-    }
+/// Renders a kustomization and validates every resource against the Kubernetes
+/// schemas; returns the rendering and the validator's report.
+fn render_and_validate(dir: &str) -> (String, String) {
     let rendered = run(Command::new("kubectl")
         .args(["kustomize"])
-        .arg(deploy_dir().join("kubernetes")));
+        .arg(deploy_dir().join(dir)));
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &rendered).unwrap();
     let validated = run(Command::new("kubernetes-validate")
         .args(["--strict", "--kubernetes-version", "1.33"])
         .arg(file.path()));
-    for kind in [
-        "namespace/clickedge",
-        "service/clickedge",
-        "service/clickedge-admin",
-        "deployment/clickedge",
-        "poddisruptionbudget/clickedge",
-        "horizontalpodautoscaler/clickedge",
-    ] {
+    assert!(!validated.contains("ERROR"), "{validated}");
+    // cert-manager's and the Prometheus Operator's kinds have no schema here.
+    assert!(rendered.contains("kind: Certificate\n"));
+    assert!(rendered.contains("kind: ServiceMonitor\n"));
+    (rendered, validated)
+}
+
+fn assert_validated(validated: &str, resources: &[&str]) {
+    for kind in resources {
         assert!(
             validated.contains(&format!("passed for resource {kind} ")),
             "{kind} not validated:\n{validated}"
         );
     }
-    assert!(!validated.contains("ERROR"), "{validated}");
-    // cert-manager's and the Prometheus Operator's kinds have no schema here.
-    assert!(rendered.contains("kind: Certificate\n"));
-    assert!(rendered.contains("kind: ServiceMonitor\n"));
+}
 
-    // The pod outlives its drain: preStop plus the shutdown's two phases.
-    let grace = yaml_number(&rendered, "terminationGracePeriodSeconds:");
-    let pre_stop = yaml_number(&rendered, "seconds:");
+/// The pod outlives its drain: preStop plus the shutdown's two phases.
+fn assert_grace_fits_the_shutdown(rendered: &str) {
+    let grace = yaml_number(rendered, "terminationGracePeriodSeconds:");
+    let pre_stop = yaml_number(rendered, "seconds:");
     let shutdown = rendered
         .lines()
         .skip_while(|l| !l.contains("name: CLICKEDGE_SHUTDOWN_TIMEOUT"))
         .nth(1)
         .and_then(|l| l.trim().strip_prefix("value: "))
         .and_then(|v| v.trim_end_matches('s').parse::<u64>().ok())
-        .expect("CLICKEDGE_SHUTDOWN_TIMEOUT in the Deployment");
+        .expect("CLICKEDGE_SHUTDOWN_TIMEOUT in the pod template");
     assert!(
         grace > pre_stop + 2 * shutdown,
         "terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + 2 x {shutdown}"
     );
+}
+
+#[test]
+fn manifests_render_and_pass_the_kubernetes_schemas() {
+    if !have("kubectl") || !have("kubernetes-validate") {
+        return;
+    }
+    let (rendered, validated) = render_and_validate("kubernetes");
+    assert_validated(
+        &validated,
+        &[
+            "namespace/clickedge",
+            "service/clickedge",
+            "service/clickedge-admin",
+            "deployment/clickedge",
+            "poddisruptionbudget/clickedge",
+            "horizontalpodautoscaler/clickedge",
+        ],
+    );
+    assert_grace_fits_the_shutdown(&rendered);
+}
+
+/// Issue 14: the StatefulSet variant gives each pod a volume of its own for the
+/// spool and the links snapshot, with the base's pod template (copied, not
+/// rewritten) and no Deployment beside it.
+#[test]
+fn the_statefulset_variant_renders_and_passes_the_kubernetes_schemas() {
+    if !have("kubectl") || !have("kubernetes-validate") {
+        return;
+    }
+    let (base, _) = render_and_validate("kubernetes");
+    let (rendered, validated) = render_and_validate("kubernetes-statefulset");
+    assert_validated(
+        &validated,
+        &[
+            "namespace/clickedge",
+            "service/clickedge",
+            "service/clickedge-pods",
+            "statefulset/clickedge",
+            "poddisruptionbudget/clickedge",
+            "horizontalpodautoscaler/clickedge",
+        ],
+    );
+    assert!(!rendered.contains("kind: Deployment"), "{rendered}");
+    assert!(
+        !rendered.contains("emptyDir"),
+        "the spool is not an emptyDir: {rendered}"
+    );
+    assert!(rendered.contains("volumeClaimTemplates:"), "{rendered}");
+    assert!(
+        rendered.contains("kind: StatefulSet\n    name: clickedge"),
+        "the autoscaler's target: {rendered}"
+    );
+    assert!(
+        rendered.contains("namespace: clickedge\nspec:\n  persistentVolumeClaimRetentionPolicy"),
+        "{rendered}"
+    );
+    // The same container as the base: every line of its environment, probes and
+    // mounts.
+    let container = |text: &str| -> String {
+        text.lines()
+            .skip_while(|l| !l.contains("containers:"))
+            .take_while(|l| !l.contains("volumes:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(container(&base).len() > 1000);
+    assert_eq!(container(&rendered), container(&base));
+    assert_grace_fits_the_shutdown(&rendered);
 }
 
 fn yaml_number(text: &str, key: &str) -> u64 {
