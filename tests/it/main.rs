@@ -6,6 +6,7 @@ mod client_ip;
 mod delivery;
 mod deploy;
 mod events;
+mod fleet;
 mod hostile;
 mod limits;
 mod links;

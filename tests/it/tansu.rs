@@ -37,7 +37,7 @@ fn tansu_binary() -> Option<PathBuf> {
 }
 
 /// A child process killed if the test ends early.
-struct KillOnDrop(Child);
+pub struct KillOnDrop(pub Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -47,9 +47,9 @@ impl Drop for KillOnDrop {
 }
 
 /// A tansu broker process, killed on drop.
-struct Broker {
-    child: Child,
-    address: String,
+pub struct Broker {
+    pub child: Child,
+    pub address: String,
 }
 
 impl Drop for Broker {
@@ -59,7 +59,7 @@ impl Drop for Broker {
     }
 }
 
-fn start_broker(tansu: &PathBuf) -> Broker {
+pub fn start_broker(tansu: &PathBuf) -> Broker {
     let port = free_port();
     spawn_broker(tansu, port, &format!("tcp://127.0.0.1:{port}"), &[])
 }
@@ -97,7 +97,7 @@ fn spawn_broker(tansu: &PathBuf, port: u16, advertised: &str, extra: &[&str]) ->
 }
 
 /// tansu 0.6 does not auto-create topics.
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -115,7 +115,7 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 }
 
 /// The tansu binary, or `None` (with a message) where a local run may skip.
-fn require_tansu() -> Option<PathBuf> {
+pub fn require_tansu() -> Option<PathBuf> {
     let found = tansu_binary();
     if found.is_none() {
         assert!(
@@ -358,7 +358,7 @@ async fn the_links_topic_upserts_and_deletes_through_a_real_broker() {
     assert_eq!(edge.terminate(), 0);
 }
 
-fn produce_to(bootstrap: &str, topic: &str, key: &str, value: Option<&str>) {
+pub fn produce_to(bootstrap: &str, topic: &str, key: &str, value: Option<&str>) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
