@@ -26,6 +26,8 @@ pub const SPOOL_BACKLOG_BYTES: &str = "clickedge_spool_backlog_bytes";
 pub const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "clickedge_spool_corrupt_records_total";
 pub const KAFKA_QUEUE_MESSAGES: &str = "clickedge_kafka_queue_messages";
 pub const KAFKA_BROKER_UP: &str = "clickedge_kafka_broker_up";
+/// Producers replaced after a fatal error (fenced, out of sequence).
+pub const KAFKA_PRODUCER_RENEWALS_TOTAL: &str = "clickedge_kafka_producer_renewals_total";
 pub const LINKS: &str = "clickedge_links";
 pub const LINKS_RELOADS_TOTAL: &str = "clickedge_links_reloads_total";
 pub const LINKS_LAST_RELOAD_TIMESTAMP_SECONDS: &str =
@@ -57,6 +59,7 @@ const HELP: &[(&str, &str)] = &[
     (SPOOL_CORRUPT_RECORDS_TOTAL, "Torn or corrupt records found in the spool and skipped."),
     (KAFKA_QUEUE_MESSAGES, "Messages in the Kafka producer's queue, not yet acknowledged."),
     (KAFKA_BROKER_UP, "1 while the broker answers for the click topic, else 0."),
+    (KAFKA_PRODUCER_RENEWALS_TOTAL, "Kafka producers replaced after a fatal error (fenced by the broker, or out of sequence); their messages were sent again."),
     (LINKS, "Records in the link map, by type."),
     (LINKS_RELOADS_TOTAL, "Loads of the links file, by result; a failed one keeps the previous map."),
     (LINKS_LAST_RELOAD_TIMESTAMP_SECONDS, "When the links file was last loaded successfully (Unix time)."),
@@ -246,6 +249,7 @@ pub struct Metrics {
     pub spool_corrupt_records: Counter,
     pub kafka_queue_messages: Gauge,
     pub kafka_broker_up: Gauge,
+    kafka_producer_renewals: Counter,
     links: [Gauge; 5],
     reloads_success: Counter,
     reloads_error: Counter,
@@ -313,6 +317,7 @@ impl Metrics {
             spool_corrupt_records: counter(SPOOL_CORRUPT_RECORDS_TOTAL, &[]),
             kafka_queue_messages: gauge(KAFKA_QUEUE_MESSAGES, &[]),
             kafka_broker_up: gauge(KAFKA_BROKER_UP, &[]),
+            kafka_producer_renewals: counter(KAFKA_PRODUCER_RENEWALS_TOTAL, &[]),
             links,
             reloads_success: counter(LINKS_RELOADS_TOTAL, &[("result", "success")]),
             reloads_error: counter(LINKS_RELOADS_TOTAL, &[("result", "error")]),
@@ -354,6 +359,10 @@ impl Metrics {
             })
             .increment(1);
         self.request_duration.record(seconds);
+    }
+
+    pub fn kafka_producer_renewed(&self) {
+        self.kafka_producer_renewals.increment(1);
     }
 
     pub fn event(&self, result: EventResult, count: u64) {

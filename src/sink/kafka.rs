@@ -6,7 +6,9 @@
 //! event pump as [`Ack`]s, which decides what is done (see `sink::pipeline`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -98,6 +100,9 @@ impl LogEverySecond {
 pub struct Ack {
     pub opaque: usize,
     pub failed: Option<(Vec<u8>, Vec<u8>)>,
+    /// The broker fenced this producer (its id or epoch is stale): every later
+    /// message of this instance would fail the same way.
+    pub fenced: bool,
 }
 
 /// Receives librdkafka's callbacks.
@@ -126,6 +131,14 @@ impl ProducerContext for EventContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        use rdkafka::types::RDKafkaErrorCode::{Fenced, InvalidProducerEpoch, ProducerFenced};
+        let fenced = matches!(
+            result,
+            Err((error, _)) if matches!(
+                error.rdkafka_error_code(),
+                Some(ProducerFenced | InvalidProducerEpoch | Fenced)
+            )
+        );
         let failed = match result {
             Ok(_) => None,
             Err((error, message)) => {
@@ -144,7 +157,11 @@ impl ProducerContext for EventContext {
             }
         };
         // The pump outlives the producer; a closed channel means shutdown is over.
-        let _ = self.acks.send(Ack { opaque, failed });
+        let _ = self.acks.send(Ack {
+            opaque,
+            failed,
+            fenced,
+        });
     }
 }
 
@@ -216,7 +233,17 @@ pub enum BrokerHealth {
 
 /// The producer and the broker's health.
 pub struct Kafka {
-    producer: ThreadedProducer<EventContext>,
+    /// Replaced whole after a fatal error (see [`Kafka::renew_if_fatal`]); only
+    /// the event pump sends, so a load per send is all the request path never
+    /// sees.
+    producer: ArcSwap<ThreadedProducer<EventContext>>,
+    /// To build a replacement producer.
+    config: ClientConfig,
+    acks: crossbeam_channel::Sender<Ack>,
+    /// Producers replaced after a fatal error, kept until their last delivery
+    /// report (a purge failure) has come back.
+    retiring: Mutex<Vec<Arc<ThreadedProducer<EventContext>>>>,
+    last_renewal: Mutex<Option<Instant>>,
     topic: String,
     bootstrap: String,
     metrics: Arc<Metrics>,
@@ -275,13 +302,13 @@ impl Kafka {
         for (key, value) in &settings.options {
             config.set(key, value);
         }
-        let context = EventContext {
-            acks,
-            failures: LogEverySecond::new(),
-        };
-        let producer: ThreadedProducer<EventContext> = config.create_with_context(context)?;
+        let producer = create_producer(&config, &acks)?;
         let kafka = Arc::new(Kafka {
-            producer,
+            producer: ArcSwap::from_pointee(producer),
+            config,
+            acks,
+            retiring: Mutex::new(Vec::new()),
+            last_renewal: Mutex::new(None),
             topic: settings.topic.clone(),
             bootstrap,
             metrics,
@@ -321,20 +348,89 @@ impl Kafka {
             .key(key)
             .payload(payload)
             .headers(headers);
-        self.producer.send(record).map_err(|(error, _)| error)
+        self.producer
+            .load()
+            .send(record)
+            .map_err(|(error, _)| error)
     }
 
-    /// Events queued or in flight, not yet acknowledged.
+    /// Events queued or in flight, not yet acknowledged (retiring producers'
+    /// included: their reports are still to come).
     pub fn in_flight(&self) -> usize {
-        self.producer.in_flight_count().max(0) as usize
+        let retiring: i32 = self
+            .retiring
+            .lock()
+            .map_or(0, |r| r.iter().map(|p| p.in_flight_count().max(0)).sum());
+        (self.producer.load().in_flight_count().max(0) + retiring) as usize
     }
 
     /// Forgets every queued and in-flight message. Called once the spool holds
     /// them, so that a producer outliving shutdown cannot send them a second time.
     pub fn purge(&self) {
         self.producer
+            .load()
             .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     }
+
+    /// After a fatal error, or once the broker fences it, the producer can send
+    /// nothing more: every message it is given fails at once (seen with tansu,
+    /// which fenced the producer of a node started while it hung). A new
+    /// instance takes its place (a new producer id); the old one's messages are
+    /// purged and come back as failed deliveries, to be sent again through the
+    /// new one. At most once a second (the old instance's own fenced reports
+    /// must not replace the new one). Returns whether it was replaced. Cheap
+    /// when there is nothing to do.
+    pub fn renew_if_unusable(&self, fenced: bool) -> bool {
+        let current = self.producer.load_full();
+        let (code, reason) = match current.client().fatal_error() {
+            Some((code, reason)) => (code, reason),
+            None if fenced => (
+                rdkafka::types::RDKafkaErrorCode::ProducerFenced,
+                "deliveries fenced by the broker".to_owned(),
+            ),
+            None => return false,
+        };
+        {
+            let mut last = self.last_renewal.lock().expect("renewal lock");
+            if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let fresh = match create_producer(&self.config, &self.acks) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                error!(message = "The Kafka producer cannot send and cannot be replaced.", ?code, reason, %error);
+                return false;
+            }
+        };
+        error!(message = "The Kafka producer cannot send any more (fatal error, or fenced); a new one replaces it and its messages are sent again.", ?code, reason);
+        self.producer.store(Arc::new(fresh));
+        current.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        if let Ok(mut retiring) = self.retiring.lock() {
+            retiring.push(current);
+        }
+        self.metrics.kafka_producer_renewed();
+        true
+    }
+
+    /// Drops retired producers whose reports have all come back.
+    pub fn reap_retired(&self) {
+        if let Ok(mut retiring) = self.retiring.lock() {
+            retiring.retain(|p| p.in_flight_count() > 0);
+        }
+    }
+}
+
+/// A producer whose delivery reports go to `acks`.
+fn create_producer(
+    config: &ClientConfig,
+    acks: &crossbeam_channel::Sender<Ack>,
+) -> Result<ThreadedProducer<EventContext>, KafkaError> {
+    config.create_with_context(EventContext {
+        acks: acks.clone(),
+        failures: LogEverySecond::new(),
+    })
 }
 
 impl Drop for Kafka {
@@ -354,6 +450,7 @@ fn spawn_monitor(kafka: std::sync::Weak<Kafka>, stop: Arc<AtomicBool>) {
                 let Some(kafka) = kafka.upgrade() else { return };
                 let up = match kafka
                     .producer
+                    .load()
                     .client()
                     .fetch_metadata(Some(&kafka.topic), Duration::from_secs(2))
                 {

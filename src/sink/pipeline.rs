@@ -116,6 +116,8 @@ impl EventSink {
             metrics: metrics.clone(),
             settings: spool.clone(),
             resend: VecDeque::new(),
+            resend_after: Instant::now(),
+            resend_backoff: Duration::ZERO,
             tokens: spool.replay_rate as f64,
             last_refill: Instant::now(),
             last_sync: Instant::now(),
@@ -248,6 +250,11 @@ struct JournalState {
 /// beyond it they are dropped (counted) rather than grow memory without bound
 /// while both the disk and Kafka fail.
 const MAX_HELD_UNSPOOLED: usize = 65_536;
+/// Failed deliveries wait this long before they are sent again, doubling while
+/// failures go on, up to the maximum: no error (a fenced producer, a refused
+/// record) can turn the pump into a hot loop of instant failures.
+const RESEND_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const RESEND_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the reports of purged messages.
 const PURGE_WAIT: Duration = Duration::from_secs(2);
 /// Free bytes on the spool's filesystem that count as "the disk takes writes
@@ -263,6 +270,10 @@ struct Pump {
     settings: SpoolSettings,
     /// Failed deliveries to send again: (opaque, key, value).
     resend: VecDeque<(usize, Vec<u8>, Vec<u8>)>,
+    /// Not before this are failed deliveries sent again.
+    resend_after: Instant,
+    /// The current wait after a failure; zero after a success.
+    resend_backoff: Duration,
     /// Events the disk refused, sent to Kafka and not yet reported: held by
     /// librdkafka only. A failure report brings each back.
     unspooled_in_flight: u64,
@@ -461,7 +472,11 @@ impl Pump {
     }
 
     fn take_acks(&mut self) {
+        let (mut failed, mut succeeded, mut fenced) = (false, false, false);
         while let Ok(ack) = self.acks.try_recv() {
+            failed |= ack.failed.is_some();
+            fenced |= ack.fenced;
+            succeeded |= ack.failed.is_none();
             if ack.opaque == UNSPOOLED {
                 self.unspooled_in_flight = self.unspooled_in_flight.saturating_sub(1);
                 match ack.failed {
@@ -495,10 +510,20 @@ impl Pump {
                 }
             }
         }
+        if failed {
+            // A producer with a fatal error, or fenced, fails everything at once:
+            // replace it.
+            self.kafka.renew_if_unusable(fenced);
+            self.resend_backoff =
+                (self.resend_backoff * 2).clamp(RESEND_BACKOFF_MIN, RESEND_BACKOFF_MAX);
+            self.resend_after = Instant::now() + self.resend_backoff;
+        } else if succeeded {
+            self.resend_backoff = Duration::ZERO;
+        }
     }
 
     fn resend_failed(&mut self) {
-        if self.kafka.health() == BrokerHealth::Down {
+        if self.kafka.health() == BrokerHealth::Down || Instant::now() < self.resend_after {
             return;
         }
         while let Some((opaque, key, value)) = self.resend.front() {
@@ -575,6 +600,7 @@ impl Pump {
     }
 
     fn housekeeping(&mut self) {
+        self.kafka.reap_retired();
         let result = (|| -> Result<(), SpoolError> {
             self.spool.seal_if_older(SEGMENT_MAX_AGE)?;
             if self.last_sync.elapsed() >= self.settings.fsync_interval {

@@ -338,6 +338,13 @@ impl Running {
         }
     }
 
+    /// Every line logged so far (for a failure's message).
+    pub fn log(&self) -> String {
+        let mut seen = self.seen.borrow_mut();
+        seen.extend(self.lines.try_iter());
+        seen.join("\n")
+    }
+
     pub fn terminate(self) -> i32 {
         self.signal("-TERM")
     }

@@ -346,3 +346,73 @@ async fn a_full_disk_loses_nothing_uncounted_and_duplicates_nothing() {
         .await;
     edge.stop().await.unwrap();
 }
+
+/// Clicks through an edge whose broker answers `api` with `errors` (once each,
+/// in order), and checks the producer was replaced and every click arrived
+/// without a storm of resends.
+async fn clicks_through_a_fenced_producer(
+    api: rdkafka::types::RDKafkaApiKey,
+    errors: &[rdkafka::types::RDKafkaRespErr],
+    before_start: bool,
+) {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    if before_start {
+        cluster.request_errors(api, errors);
+    }
+    let edge = TestEdge::start(LINKS, &["--kafka-brokers", &bootstrap]).await;
+    edge.wait_ready().await;
+    if !before_start {
+        cluster.request_errors(api, errors);
+    }
+    let (served, failed) = click_steadily(edge.http, 2, 100, Duration::from_millis(1)).await;
+    assert!(!failed);
+    edge.wait_for_metrics("the producer replaced", |m| {
+        sample(m, "clickedge_kafka_producer_renewals_total").is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    let (missing, duplicates, read) = read_back(&bootstrap, &served).await;
+    let m = edge.metrics().await;
+    eprintln!(
+        "fenced producer ({api:?}): {} served, {read} read, {} lost, {duplicates} duplicates",
+        served.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "lost {} clicks\n{m}", missing.len());
+    let failures = sample(&m, r#"clickedge_click_events_total{result="failed"}"#).unwrap();
+    assert!(
+        failures <= 10.0 * served.len() as f64,
+        "resent in a loop: {failures} failures for {} clicks",
+        served.len()
+    );
+}
+
+/// Found by `loadtest/fleet.sh` (issue 14): tansu fenced the idempotent producer
+/// of a node started while it hung, and answered every later produce request
+/// with PRODUCER_FENCED. The edge resent them in a hot loop (56 million failures
+/// in 90 s, nothing delivered). Now the producer is replaced (a new producer
+/// id), resends back off, and every click arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_fenced_on_produce_is_replaced_and_every_click_arrives() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    clicks_through_a_fenced_producer(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; 5],
+        false,
+    )
+    .await;
+}
+
+/// A fenced producer id request is a fatal error for librdkafka: that instance
+/// can never send again, only a new one can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_with_a_fatal_error_is_replaced_and_every_click_arrives() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    clicks_through_a_fenced_producer(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+        true,
+    )
+    .await;
+}

@@ -510,11 +510,15 @@ async fn a_rollout_during_a_hung_broker_loses_no_click_and_no_node_leaves_the_ro
                 .unwrap();
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} never drained:\n{metrics}",
-                node.name
-            );
+            if Instant::now() > deadline {
+                let log = node.running.as_ref().map(Running::log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                panic!(
+                    "{} never drained:\n{metrics}\nits log, last lines first:\n{}",
+                    node.name,
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         drained = drained.max(resumed.elapsed());
