@@ -220,10 +220,10 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-#[tokio::test]
-async fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
+/// An edge exporting every metric family: TLS on (the certificate gauges) and a
+/// links topic (its staleness gauge exists only then).
+async fn edge_with_every_family() -> (TestEdge, tempfile::TempDir) {
     let certs = crate::tls::cert_dir();
-    // With a links topic too: its staleness gauge exists only then.
     let edge = TestEdge::start(
         LINKS,
         &[
@@ -234,6 +234,12 @@ async fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
         ],
     )
     .await;
+    (edge, certs)
+}
+
+#[tokio::test]
+async fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
+    let (edge, _certs) = edge_with_every_family().await;
     edge.get("acme.sjv.io", "/c/1/5678/9012").await;
     let exported = metric_names(&edge.metrics().await);
 
@@ -269,17 +275,7 @@ async fn a_live_scrape_passes_promtool_check_metrics() {
     if !have("promtool") {
         return;
     }
-    let certs = crate::tls::cert_dir();
-    let edge = TestEdge::start(
-        LINKS,
-        &[
-            "--tls-certs",
-            certs.path().to_str().unwrap(),
-            "--links-topic",
-            "links",
-        ],
-    )
-    .await;
+    let (edge, _certs) = edge_with_every_family().await;
     edge.get("acme.sjv.io", "/c/1/5678/9012").await;
     edge.get("unknown.example", "/").await;
     edge.wait_for_sample(r#"clickedge_click_events_total{result="delivered"}"#, 1.0)

@@ -18,7 +18,7 @@
 //! clicks) and `FLEET_STEADY_S` (3, before and after the rollout).
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +30,9 @@ use tokio::net::TcpStream;
 
 use crate::cli::Running;
 use crate::support::{consume_blocking, free_port, request, sample, BROWSER_UA, LINKS};
-use crate::tansu::{create_topic, produce_to, require_tansu, start_broker, Broker, KillOnDrop};
+use crate::tansu::{
+    create_topic, produce_to, require_tansu, start_broker, start_haproxy, Broker, KillOnDrop,
+};
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -102,7 +104,36 @@ struct Fleet {
     _dir: tempfile::TempDir,
 }
 
+/// Clients clicking through a fleet, and what steers them.
+struct Load {
+    clients: tokio::task::JoinHandle<Seen>,
+    stop: Arc<AtomicBool>,
+    phase: Arc<AtomicU8>,
+    started: Instant,
+    /// How long to click before and after the rollout (`FLEET_STEADY_S`).
+    steady: Duration,
+}
+
 impl Fleet {
+    /// A fleet with clients clicking through it; `None` (said) where tansu or
+    /// HAProxy is missing outside CI.
+    async fn under_load() -> Option<(Fleet, Load)> {
+        let tansu = require_tansu()?;
+        if !crate::support::have("haproxy") {
+            return None;
+        }
+        let fleet = Fleet::start(&tansu).await;
+        let (stop, phase) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU8::new(0)));
+        let load = Load {
+            clients: clients(fleet.front, stop.clone(), phase.clone()),
+            stop,
+            phase,
+            started: Instant::now(),
+            steady: Duration::from_secs(setting("FLEET_STEADY_S", 3)),
+        };
+        Some((fleet, load))
+    }
+
     async fn start(tansu: &std::path::PathBuf) -> Fleet {
         let broker = start_broker(tansu);
         create_topic(&broker.address, "clicks", 3).await;
@@ -155,25 +186,13 @@ impl Fleet {
             ),
         )
         .unwrap();
-        let proxy = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", stats)).is_err() {
-            assert!(Instant::now() < deadline, "HAProxy does not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let proxy = start_haproxy(&config, stats);
         let fleet = Fleet {
             broker,
             nodes,
             front: SocketAddr::from(([127, 0, 0, 1], front)),
             stats: SocketAddr::from(([127, 0, 0, 1], stats)),
-            _proxy: KillOnDrop(proxy),
+            _proxy: proxy,
             _dir: dir,
         };
         for i in 0..3 {
@@ -389,17 +408,11 @@ const ROLLOUT_LINK: &str = r#"{"type":"vanity","host":"fleet.pxf.io","slug":"rol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_with_a_healthy_broker_loses_no_click_and_spreads_a_link_change() {
-    let Some(tansu) = require_tansu() else {
+    let Some((mut fleet, load)) = Fleet::under_load().await else {
         return;
     };
-    if !crate::support::have("haproxy") {
-        return;
-    }
-    let steady = Duration::from_secs(setting("FLEET_STEADY_S", 3));
-    let mut fleet = Fleet::start(&tansu).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let phase = Arc::new(AtomicU8::new(0));
-    let load = clients(fleet.front, stop.clone(), phase.clone());
+    let (steady, stop, phase) = (load.steady, load.stop.clone(), load.phase.clone());
+    let load = load.clients;
     tokio::time::sleep(steady).await;
 
     phase.store(1, Ordering::Relaxed);
@@ -460,18 +473,12 @@ async fn a_rollout_with_a_healthy_broker_loses_no_click_and_spreads_a_link_chang
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_during_a_hung_broker_loses_no_click_and_no_node_leaves_the_rotation() {
-    let Some(tansu) = require_tansu() else {
+    let Some((mut fleet, load)) = Fleet::under_load().await else {
         return;
     };
-    if !crate::support::have("haproxy") {
-        return;
-    }
-    let steady = Duration::from_secs(setting("FLEET_STEADY_S", 3));
-    let mut fleet = Fleet::start(&tansu).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let phase = Arc::new(AtomicU8::new(0));
-    let clicking = Instant::now();
-    let load = clients(fleet.front, stop.clone(), phase.clone());
+    let (steady, stop, phase) = (load.steady, load.stop.clone(), load.phase.clone());
+    let clicking = load.started;
+    let load = load.clients;
     tokio::time::sleep(steady).await;
 
     // The broker hangs; every node is restarted while it does (each new process

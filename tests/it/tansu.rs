@@ -96,6 +96,29 @@ fn spawn_broker(tansu: &PathBuf, port: u16, advertised: &str, extra: &[&str]) ->
     Broker { child, address }
 }
 
+/// HAProxy with `config`, once it listens on `port`; killed on drop.
+pub fn start_haproxy(config: &std::path::Path, port: u16) -> KillOnDrop {
+    let proxy = KillOnDrop(
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "HAProxy does not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proxy
+}
+
 /// tansu 0.6 does not auto-create topics.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -410,22 +433,7 @@ async fn clicks_reach_the_broker_over_tls() {
         ),
     )
     .unwrap();
-    let proxy = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _proxy = KillOnDrop(proxy);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "HAProxy does not listen on {tls}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _proxy = start_haproxy(&config, tls);
     let created = Command::new(&tansu)
         .args(["topic", "create", "clicks", "--partitions", "2", "--broker"])
         .arg(format!("tcp://127.0.0.1:{plain}"))
