@@ -439,8 +439,9 @@ impl Drop for Kafka {
     }
 }
 
-/// Every second: whether the broker answers for the topic (readiness, and whether
-/// new events are sent or wait in the spool), and the producer's queue depth.
+/// Every second: a producer with a fatal error replaced, whether the broker
+/// answers for the topic (whether new events are sent or wait in the spool),
+/// and the producer's queue depth.
 fn spawn_monitor(kafka: std::sync::Weak<Kafka>, stop: Arc<AtomicBool>) {
     let spawned = thread::Builder::new()
         .name("kafka-monitor".into())
@@ -448,6 +449,9 @@ fn spawn_monitor(kafka: std::sync::Weak<Kafka>, stop: Arc<AtomicBool>) {
             let mut was_up: Option<bool> = None;
             while !stop.load(Ordering::Relaxed) {
                 let Some(kafka) = kafka.upgrade() else { return };
+                // A producer with a fatal error answers no probe either: it would
+                // look like a broker down forever, with nothing sent to fail.
+                kafka.renew_if_unusable(false);
                 let up = match kafka
                     .producer
                     .load()
