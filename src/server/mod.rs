@@ -457,30 +457,37 @@ fn load_links(config: &Config, metrics: &Metrics) -> anyhow::Result<Loaded> {
     Ok(loaded)
 }
 
-/// SIGHUP reloads the links file.
-async fn reload_on_hangup(state: Arc<AppState>) {
+/// SIGHUP reloads the links file. The handler is installed at the call (before
+/// "Serving."), not at the first poll: SIGHUP's default action ends the process.
+fn reload_on_hangup(state: Arc<AppState>) -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            warn!(message = "Cannot listen for SIGHUP; reload through POST /admin/reload.");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            info!(message = "Received SIGHUP; reloading the links and certificates.");
-            let reloading = state.clone();
-            // The outcomes are logged and counted where they happen.
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = reload::reload_links(&reloading);
-                if let Some(store) = &reloading.certs {
-                    record_cert_reload(&reloading, store.reload());
-                }
-            })
-            .await;
+        let hangups = signal(SignalKind::hangup());
+        async move {
+            let Ok(mut hangups) = hangups else {
+                warn!(message = "Cannot listen for SIGHUP; reload through POST /admin/reload.");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                info!(message = "Received SIGHUP; reloading the links and certificates.");
+                let reloading = state.clone();
+                // The outcomes are logged and counted where they happen.
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = reload::reload_links(&reloading);
+                    if let Some(store) = &reloading.certs {
+                        record_cert_reload(&reloading, store.reload());
+                    }
+                })
+                .await;
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = state;
+    {
+        let _ = state;
+        std::future::ready(())
+    }
 }
 
 fn report_cert_errors(errors: &[crate::tls::CertError]) {

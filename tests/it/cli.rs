@@ -465,9 +465,18 @@ async fn the_binary_serves_the_embedded_sample_then_consume_shows_the_click() {
 fn sigint_drains_and_exits_zero_too() {
     let http = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
-    let edge = Running::start(&["--http", &http, "--admin", &admin]);
+    let mut edge = Running::start(&["--http", &http, "--admin", &admin]);
     edge.wait_for("Serving.");
     let pid = edge.child.id().to_string();
+    // Right after "Serving." every handler is installed: a SIGHUP (whose
+    // default action ends a process) reloads, it does not kill.
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    edge.wait_for("Received SIGHUP");
+    assert!(edge.child.try_wait().unwrap().is_none(), "SIGHUP killed it");
     let code = edge.signal("-INT");
     assert_eq!(code, 0, "pid {pid}");
 }
