@@ -575,7 +575,7 @@ async fn a_node_started_during_an_outage_is_ready_from_its_links_snapshot() {
         "--spool-dir",
         &spool_dir,
         "--links-topic-ready-timeout",
-        "1s",
+        "3s",
         "--shutdown-timeout",
         "1s",
     ];
@@ -628,7 +628,7 @@ async fn a_node_started_during_an_outage_is_ready_from_its_links_snapshot() {
     );
     // The links are known to be stale, and by how much.
     edge.wait_for_metrics("links counted stale", |m| {
-        sample(m, "clickedge_links_topic_lag_seconds").is_some_and(|lag| lag >= 2.0)
+        sample(m, "clickedge_links_topic_lag_seconds").is_some_and(|lag| lag >= 3.0)
     })
     .await;
 
