@@ -6,6 +6,7 @@
 #   LINKS=10000 DURATION=10s loadtest/compare.sh
 #   SERVERS=clickedge loadtest/compare.sh    # only some (floor nginx haproxy clickedge)
 #   SERVER_CPUS=0,1 LOAD_CPUS=0,1 loadtest/compare.sh   # two server cores (shared with wrk)
+#   MIX=hard loadtest/compare.sh             # issue 15's harder link mix (dataset.py --mix)
 #
 # Each server runs pinned to SERVER_CPUS (core 0; one nginx worker, HAProxy
 # thread, tokio worker per core), wrk (64 connections, a Lua target list, a thread
@@ -15,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINKS="${LINKS:-1000000}"
+MIX="${MIX:-shared}"
 DURATION="${DURATION:-20s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 SERVERS="${SERVERS:-floor nginx haproxy clickedge}"
@@ -38,8 +40,8 @@ TANSU="${TANSU_BIN:-$HOME/.cargo/bin/tansu}"
 
 cargo build --release --quiet --bin clickedge --example floor
 bin="$CARGO_TARGET_DIR/release/clickedge"
-data=/var/tmp/clickedge-loadtest/compare-$LINKS
-[ -s "$data/targets.txt" ] || python3 loadtest/dataset.py "$LINKS" "$data"
+data=/var/tmp/clickedge-loadtest/compare-$LINKS-$MIX
+[ -s "$data/targets.txt" ] || python3 loadtest/dataset.py "$LINKS" "$data" --mix "$MIX"
 work=/var/tmp/clickedge-loadtest/compare-run
 rm -rf "$work" && mkdir -p "$work" loadtest/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)

@@ -8,11 +8,17 @@ Writes into OUT/:
   haproxy.map, haproxy-fallback.map   `base` (host+path) entries, and host fallbacks
   targets.txt                    "host path" lines, 100,000 drawn across the mix
 
-Mix per 1,000 links: 1 unique domain, 20 vanity URLs, the rest tracking links;
-1,000 brands, each with a fallback and 20 landing pages. nginx maps are exact, so
-tracking targets all use partner 1234 (clickedge accepts any partner id).
+Mixes (--mix), on 1,000 brands each with a fallback:
+  shared (default)  per 1,000 links: 1 unique domain, 20 vanity URLs, the rest
+                    tracking links; each brand's links share 20 landing pages.
+  hard              issue 15's harder, realistic mix: every link its own landing
+                    URL (a product deep link), every tracking record its own
+                    two-host deeplink_hosts, 25% vanity URLs, 5% unique domains
+                    (50,000 hosts for 1M links).
+nginx maps are exact, so tracking targets all use partner 1234 (clickedge accepts
+any partner id).
 
-Usage: dataset.py N OUT
+Usage: dataset.py N OUT [--mix shared|hard]
 """
 import json
 import os
@@ -21,6 +27,10 @@ import sys
 
 n = int(sys.argv[1])
 out = sys.argv[2]
+mix = sys.argv[4] if len(sys.argv) > 4 and sys.argv[3] == "--mix" else "shared"
+if mix not in ("shared", "hard"):
+    sys.exit(f"--mix {mix!r}: shared or hard")
+hard = mix == "hard"
 os.makedirs(out, exist_ok=True)
 hosts = 1000
 partner = "1234"
@@ -39,19 +49,26 @@ with open(f"{out}/links.ndjson", "w") as links, open(f"{out}/nginx.map", "w") as
         haproxy_fb.write(f"{host} {url}\n")
     for i in range(n - hosts):
         h = i % hosts
-        url = f"https://www.brand{h}.com/landing/{(i // hosts) % 20}?utm_source=impact&utm_medium=affiliate"
+        if hard:
+            url = f"https://www.brand{h}.com/p/{i}/item-{i * 7919 % 100003}?sku=S{i}&utm_source=impact"
+        else:
+            url = f"https://www.brand{h}.com/landing/{(i // hosts) % 20}?utm_source=impact&utm_medium=affiliate"
         campaign, ad = str(9000 + i % 50), str(i)
-        if i % 1000 == 999:
+        is_domain = i % 20 == 19 if hard else i % 1000 == 999
+        is_vanity = i % 4 == 1 if hard else i % 50 == 49
+        if is_domain:
             host, path = f"offer{i}.example", "/"
             record = {"type": "domain", "host": host, "partner_id": str(i % 5000),
                       "campaign_id": campaign, "ad_id": ad, "url": url}
-        elif i % 50 == 49:
+        elif is_vanity:
             host, path = f"brand{h}.pxf.io", f"/partner-{i}"
             record = {"type": "vanity", "host": host, "slug": f"partner-{i}", "partner_id": str(i % 5000),
                       "campaign_id": campaign, "ad_id": ad, "url": url}
         else:
             host, path = f"brand{h}.sjv.io", f"/c/{partner}/{ad}/{campaign}"
             record = {"type": "tracking", "host": host, "campaign_id": campaign, "ad_id": ad, "url": url}
+            if hard:
+                record["deeplink_hosts"] = [f"www.brand{h}.com", f"m{i}.brand{h}.com"]
         links.write(dump(record) + "\n")
         nginx.write(f"{host}{path} {url};\n")
         haproxy.write(f"{host}{path} {url}\n")
