@@ -47,10 +47,10 @@ where
                     0 => state.started_at_ms,
                     at => at,
                 };
-                let now = (super::reload::unix_seconds() * 1000.0) as i64;
+                let since_ms = (super::reload::unix_millis() - since).max(0);
                 state
                     .metrics
-                    .links_topic_lag(((now - since).max(0) as f64 / 1000.0).floor());
+                    .links_topic_lag((since_ms as f64 / 1000.0).floor());
             }
             let mut text = state.metrics.render();
             if let Some(certs) = &state.certs {

@@ -145,8 +145,7 @@ pub fn client(
     header: ClientIpHeader,
 ) -> Client {
     let peer = peer.to_canonical();
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if trusted.is_empty() || !is_trusted(&peer) {
+    if trusted.is_empty() || !is_trusted(trusted, peer) {
         return Client {
             ip: peer,
             https: tls,
@@ -156,7 +155,7 @@ pub fn client(
     let mut walk = |hop: Option<IpAddr>| match hop {
         Some(hop) => {
             ip = hop.to_canonical();
-            is_trusted(&ip)
+            is_trusted(trusted, ip)
         }
         None => false,
     };
@@ -181,6 +180,13 @@ pub fn client(
         None => tls,
     };
     Client { ip, https }
+}
+
+/// Whether `ip` (an IPv4-mapped IPv6 address as the IPv4 one) is one of the
+/// trusted proxies.
+pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    trusted.iter().any(|net| net.contains(&ip))
 }
 
 /// The comma-separated values of every `name` header, in order, trimmed. A

@@ -23,6 +23,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
+use super::reload::unix_millis;
 use super::AppState;
 use crate::consume::EndIsNotAnError;
 use crate::links::{parse_record, Change, RecordKey, TopicSnapshot};
@@ -37,11 +38,6 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 /// With no change, the snapshot's "current at" is refreshed this often, so a
 /// restart after a quiet spell does not count the links as stale.
 const SNAPSHOT_REFRESH_MS: i64 = 60_000;
-
-/// Unix milliseconds now.
-fn now_ms() -> i64 {
-    (super::reload::unix_seconds() * 1000.0) as i64
-}
 
 /// The snapshot the last run left, or an empty one (none yet, unreadable, or of
 /// another topic: each said in the log).
@@ -98,7 +94,7 @@ pub async fn ready_after(
             message = "The links topic was not read to its end in time; ready with the links file and the topic's last snapshot. Links changed since may be missing until the broker answers.",
             timeout_ms = timeout.as_millis() as u64,
             snapshot_changes,
-            snapshot_age_s = (now_ms() - at) / 1000
+            snapshot_age_s = (unix_millis() - at) / 1000
         ),
         None => error!(
             message = "The links topic was not read to its end in time and no snapshot of it exists; ready with the links FILE ALONE. Every link changed through the topic is missing until the broker answers.",
@@ -300,7 +296,7 @@ fn consume(
         }
         // Current means read to the end with the broker answering now.
         if current && state.sink.broker_health() == BrokerHealth::Up {
-            let now = now_ms();
+            let now = unix_millis();
             reader.snapshot.current_at_ms = Some(now);
             if let Some(at) = &state.links_topic_current_at_ms {
                 at.store(now, Ordering::Relaxed);

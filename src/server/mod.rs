@@ -237,7 +237,7 @@ impl Server {
             links_topic_current_at_ms: links_topic
                 .as_ref()
                 .map(|t| AtomicI64::new(t.snapshot.current_at_ms.unwrap_or(0))),
-            started_at_ms: (reload::unix_seconds() * 1000.0) as i64,
+            started_at_ms: reload::unix_millis(),
             admin_token_digest: config.admin_token.as_deref().map(admin::admin_token_digest),
             metrics,
             sink,
@@ -742,11 +742,7 @@ async fn proxied(
     }
     // With --trusted-proxies, only those may say who the client is.
     let trusted = &state.trusted_proxies;
-    if !trusted.is_empty()
-        && !trusted
-            .iter()
-            .any(|net| net.contains(&peer.ip().to_canonical()))
-    {
+    if !trusted.is_empty() && !client_ip::is_trusted(trusted, peer.ip()) {
         warn!(message = "PROXY protocol connection from a peer outside --trusted-proxies; closed.", %peer);
         return None;
     }

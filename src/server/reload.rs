@@ -66,6 +66,11 @@ pub fn log_skipped(source: &LinksSource, invalid: &[LineError]) {
     }
 }
 
+/// Unix milliseconds now.
+pub fn unix_millis() -> i64 {
+    (unix_seconds() * 1000.0) as i64
+}
+
 pub fn unix_seconds() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
