@@ -108,7 +108,7 @@ fn hot_path(c: &mut Criterion) {
                 deeplink: None,
                 visitor_id: Some(click_id.as_str()),
                 new_visitor: false,
-                ip: "203.0.113.9".to_owned(),
+                ip: std::net::IpAddr::from([203, 0, 113, 9]),
                 user_agent: Some(BROWSER),
                 referer: None,
                 accept_language: Some("en-US,en;q=0.9"),

@@ -302,7 +302,7 @@ impl<B> Click<'_, B> {
             deeplink,
             visitor_id: visitor.map(ClickId::as_str),
             new_visitor,
-            ip: self.client.ip.to_string(),
+            ip: self.client.ip,
             user_agent,
             referer: referer.as_deref(),
             accept_language: accept_language.as_deref(),
