@@ -89,6 +89,12 @@ pub struct RunArgs {
     #[arg(long, env = "CLICKEDGE_MAX_CONNECTIONS", value_name = "COUNT")]
     pub max_connections: Option<usize>,
 
+    /// Edge worker threads: each runs its own single-threaded runtime and its own
+    /// listening sockets (SO_REUSEPORT), and serves its connections start to end.
+    /// Default: the CPUs this process may run on.
+    #[arg(long, env = "CLICKEDGE_WORKERS", value_name = "COUNT")]
+    pub workers: Option<usize>,
+
     /// Time a client has to send a complete request head, counted from the
     /// connection's start or the previous response (so it is also HTTP/1's
     /// keep-alive idle timeout); the TLS handshake and the PROXY header get as long.
@@ -283,6 +289,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `--max-connections`, per edge listener; `None`: fit the open-file limit.
     pub max_connections: Option<usize>,
+    /// `--workers`: edge threads, each with its own runtime and sockets.
+    pub workers: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub send_timeout: Duration,
@@ -439,6 +447,16 @@ impl Config {
                 value: "0".to_owned(),
             });
         }
+        let workers = match args.workers {
+            Some(0) => {
+                return Err(ConfigError::Zero {
+                    flag: "workers",
+                    value: "0".to_owned(),
+                })
+            }
+            Some(workers) => workers,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
         let fsync_interval = duration("spool-fsync-interval", &args.spool_fsync_interval)?;
         // Replayed segments become click events: nobody else may write there.
         crate::sink::check_spool_dir(&args.spool_dir).map_err(ConfigError::SpoolDir)?;
@@ -475,6 +493,7 @@ impl Config {
             visitor_cookie: !args.no_visitor_cookie,
             shutdown_timeout,
             max_connections: args.max_connections,
+            workers,
             header_read_timeout,
             idle_timeout,
             send_timeout,
@@ -621,6 +640,10 @@ mod tests {
             (
                 vec!["clickedge", "--max-connections", "0"],
                 "--max-connections \"0\" must be more than zero",
+            ),
+            (
+                vec!["clickedge", "--workers", "0"],
+                "--workers \"0\" must be more than zero",
             ),
             (
                 vec!["clickedge", "--header-read-timeout", "0s"],

@@ -51,7 +51,9 @@ fn main() -> ExitCode {
         return check(&config);
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control runtime: admin API, signals, reloads, the links topic. The edge
+    // serves from its own threads, one runtime per core (`--workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -57,6 +57,7 @@ mod limits;
 mod links_topic;
 pub mod reload;
 pub mod request;
+mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -151,7 +152,7 @@ pub struct Timeouts {
     pub send: Duration,
 }
 
-/// `--max-connections` for each listener.
+/// `--max-connections` for each listener, shared by every worker.
 struct Limits {
     http: limits::ConnectionLimit,
     https: limits::ConnectionLimit,
@@ -160,13 +161,17 @@ struct Limits {
 
 pub struct Server {
     state: Arc<AppState>,
-    http: TcpListener,
-    /// With the TLS acceptor built from the certificate store.
-    https: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    /// Each edge worker's sockets (`--workers` of them), bound but not yet
+    /// registered with a runtime: each worker registers its own.
+    edge_sockets: Vec<workers::WorkerSockets>,
+    /// Built from the certificate store, when TLS is on.
+    tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     admin: TcpListener,
     shutdown_timeout: Duration,
     links_topic: Option<LinksTopic>,
-    limits: Limits,
+    limits: Arc<Limits>,
 }
 
 /// `--links-topic`, with the Kafka settings to read it and what the last run
@@ -192,9 +197,9 @@ impl Server {
                 .await
                 .context("the event sink start-up task panicked")??;
 
-        let http = TcpListener::bind(config.http)
-            .await
+        let http = workers::bind_group(config.http, config.workers)
             .with_context(|| format!("cannot listen on --http {}", config.http))?;
+        let http_addr = http[0].local_addr()?;
         let admin = TcpListener::bind(config.admin)
             .await
             .with_context(|| format!("cannot listen on --admin {}", config.admin))?;
@@ -211,10 +216,9 @@ impl Server {
                 let acceptor = tokio_rustls::TlsAcceptor::from(
                     crate::tls::server_config(store.clone()).context("TLS configuration")?,
                 );
-                let listener = TcpListener::bind(address)
-                    .await
+                let listeners = workers::bind_group(*address, config.workers)
                     .with_context(|| format!("cannot listen on --https {address}"))?;
-                (Some((listener, acceptor)), Some(store))
+                (Some((listeners, acceptor)), Some(store))
             }
         };
 
@@ -258,15 +262,30 @@ impl Server {
         });
         let edge_listeners = if https.is_some() { 2 } else { 1 };
         let cap = limits::connection_cap(config.max_connections, edge_listeners);
-        let limits = Limits {
+        let limits = Arc::new(Limits {
             http: limits::ConnectionLimit::new(cap),
             https: limits::ConnectionLimit::new(cap),
             admin: limits::ConnectionLimit::new(limits::ADMIN_MAX_CONNECTIONS),
+        });
+        let https_addr = match &https {
+            Some((listeners, _)) => Some(listeners[0].local_addr()?),
+            None => None,
         };
+        let (https_sockets, tls_acceptor): (Vec<Option<std::net::TcpListener>>, _) = match https {
+            Some((listeners, acceptor)) => (listeners.into_iter().map(Some).collect(), Some(acceptor)),
+            None => (std::iter::repeat_with(|| None).take(http.len()).collect(), None),
+        };
+        let edge_sockets = http
+            .into_iter()
+            .zip(https_sockets)
+            .map(|(http, https)| workers::WorkerSockets { http, https })
+            .collect();
         Ok(Server {
             state,
-            http,
-            https,
+            edge_sockets,
+            tls_acceptor,
+            http_addr,
+            https_addr,
             admin,
             shutdown_timeout: config.shutdown_timeout,
             links_topic,
@@ -275,14 +294,12 @@ impl Server {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.http_addr
     }
 
     /// The HTTPS listener's address, when TLS is on.
     pub fn https_addr(&self) -> Option<SocketAddr> {
-        self.https.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.https_addr
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -301,8 +318,10 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Server {
             state,
-            http,
-            https,
+            edge_sockets,
+            tls_acceptor,
+            http_addr,
+            https_addr,
             admin,
             shutdown_timeout,
             links_topic,
@@ -339,10 +358,20 @@ impl Server {
                 record_cert_reload(&watching, outcome);
             });
         }
+        let worker_count = edge_sockets.len();
+        let mut edge = workers::Workers::start(
+            &state,
+            edge_sockets,
+            tls_acceptor,
+            &limits,
+            shutdown_timeout,
+        )
+        .await?;
         info!(
             message = "Serving.",
-            http = %http.local_addr()?,
-            https = %https.as_ref().and_then(|(l, _)| l.local_addr().ok()).map_or("off".to_owned(), |a| a.to_string()),
+            http = %http_addr,
+            https = %https_addr.map_or("off".to_owned(), |a| a.to_string()),
+            workers = worker_count,
             admin = %admin.local_addr()?,
             kafka = %state.sink.bootstrap(),
             topic = %state.sink.topic(),
@@ -350,25 +379,12 @@ impl Server {
             links_topic = if state.links_ready.load(Ordering::SeqCst) { "none" } else { "reading" },
         );
         let upkeep = tokio::spawn(metrics_upkeep(state.metrics.clone()));
-        let edge_connections = GracefulShutdown::new();
         let admin_connections = GracefulShutdown::new();
 
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = http.accept() => {
-                    if let Some(accepted) = admit(&state, &limits.http, Listener::Http, accepted).await {
-                        serve(&state, &edge_connections, accepted, Listener::Http);
-                    }
-                }
-                accepted = accept_optional(&https) => {
-                    if let (Some((_, acceptor)), Some(accepted)) =
-                        (&https, admit(&state, &limits.https, Listener::Https, accepted).await)
-                    {
-                        serve_tls(&state, &edge_connections, acceptor.clone(), accepted);
-                    }
-                }
                 accepted = admin.accept() => {
                     if let Some(accepted) = admit(&state, &limits.admin, Listener::Admin, accepted).await {
                         serve(&state, &admin_connections, accepted, Listener::Admin);
@@ -377,9 +393,10 @@ impl Server {
             }
         }
 
+        // Closed before /readyz turns 503: once a probe sees the drain, new
+        // connections are refused.
+        edge.stop_accepting().await;
         state.draining.store(true, Ordering::SeqCst);
-        drop(http);
-        drop(https);
         info!(message = "Draining: no new connections; finishing in-flight requests.");
         // Keep answering probes (503) while the edge drains.
         let (admin_stop, mut admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -398,15 +415,9 @@ impl Server {
             admin_connections
         });
 
-        if tokio::time::timeout(shutdown_timeout, edge_connections.shutdown())
-            .await
-            .is_err()
-        {
-            warn!(
-                message = "Shutdown timeout reached with requests still in flight; closing them.",
-                timeout_ms = shutdown_timeout.as_millis() as u64
-            );
-        }
+        // Each worker stops accepting, finishes its requests within the timeout
+        // (logging when it cannot), and closes the rest.
+        edge.drain().await;
 
         // Every answered click is in the spool by now or soon; wait for Kafka's
         // acknowledgements, then sync what is left for the next start.
