@@ -1,9 +1,11 @@
-//! The Kafka side of the event path: one `ThreadedProducer`, its delivery reports,
+//! The Kafka side of the event path: one `BaseProducer`, its delivery reports,
 //! the broker's health, and the embedded development cluster.
 //!
 //! `try_send` only hands a message to librdkafka's bounded in-memory queue and
-//! returns. Delivery reports arrive on the producer's polling thread and go to the
-//! event pump as [`Ack`]s, which decides what is done (see `sink::pipeline`).
+//! returns. Delivery reports are served by [`Kafka::poll`], which the event pump
+//! calls on every turn of its loop (no polling thread of our own, no wake-up per
+//! report), and go to the pump as [`Ack`]s, which decides what is done (see
+//! `sink::pipeline`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -16,7 +18,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message};
 use tracing::{debug, error, info, warn};
 
@@ -236,13 +238,13 @@ pub struct Kafka {
     /// Replaced whole after a fatal error (see [`Kafka::renew_if_fatal`]); only
     /// the event pump sends, so a load per send is all the request path never
     /// sees.
-    producer: ArcSwap<ThreadedProducer<EventContext>>,
+    producer: ArcSwap<BaseProducer<EventContext>>,
     /// To build a replacement producer.
     config: ClientConfig,
     acks: crossbeam_channel::Sender<Ack>,
     /// Producers replaced after a fatal error, kept until their last delivery
     /// report (a purge failure) has come back.
-    retiring: Mutex<Vec<Arc<ThreadedProducer<EventContext>>>>,
+    retiring: Mutex<Vec<Arc<BaseProducer<EventContext>>>>,
     last_renewal: Mutex<Option<Instant>>,
     topic: String,
     bootstrap: String,
@@ -354,6 +356,18 @@ impl Kafka {
             .map_err(|(error, _)| error)
     }
 
+    /// Serves the delivery reports that have arrived (the current producer's and
+    /// the retiring ones'), without waiting: their [`Ack`]s are in the channel
+    /// when this returns.
+    pub fn poll(&self) {
+        self.producer.load().poll(Duration::ZERO);
+        if let Ok(retiring) = self.retiring.lock() {
+            for producer in retiring.iter() {
+                producer.poll(Duration::ZERO);
+            }
+        }
+    }
+
     /// Events queued or in flight, not yet acknowledged (retiring producers'
     /// included: their reports are still to come).
     pub fn in_flight(&self) -> usize {
@@ -426,7 +440,7 @@ impl Kafka {
 fn create_producer(
     config: &ClientConfig,
     acks: &crossbeam_channel::Sender<Ack>,
-) -> Result<ThreadedProducer<EventContext>, KafkaError> {
+) -> Result<BaseProducer<EventContext>, KafkaError> {
     config.create_with_context(EventContext {
         acks: acks.clone(),
         failures: LogEverySecond::new(),

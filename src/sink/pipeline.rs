@@ -472,6 +472,7 @@ impl Pump {
     }
 
     fn take_acks(&mut self) {
+        self.kafka.poll();
         let (mut failed, mut succeeded, mut fenced) = (false, false, false);
         while let Ok(ack) = self.acks.try_recv() {
             failed |= ack.failed.is_some();
