@@ -10,10 +10,11 @@ use url::Url;
 
 /// A record's destination URL, normalized once at load: one string and the
 /// offsets of its query and fragment, so the request path does no URL parsing and
-/// a map of millions holds one allocation per distinct URL.
+/// a map of millions holds one allocation per distinct URL. Kept inside each
+/// record (24 bytes), the text shared: records with the same `url` hold one copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
-    url: Box<str>,
+    url: std::sync::Arc<str>,
     /// End of `scheme://host[:port]/path`.
     base_end: u32,
     /// Start of the fragment's `#`, or the end of the URL.

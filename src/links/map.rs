@@ -21,10 +21,7 @@ pub struct HostLinks {
 }
 
 fn ids(link: &Link) -> (&str, &str) {
-    (
-        link.campaign_id.as_deref().unwrap_or_default(),
-        link.ad_id.as_deref().unwrap_or_default(),
-    )
+    link.campaign_and_ad()
 }
 
 impl HostLinks {
@@ -131,7 +128,7 @@ impl LinkMap {
             Record::Link(link) => match link.kind {
                 LinkKind::Tracking => host.put_tracking(link),
                 LinkKind::Vanity => {
-                    let slug = link.slug.clone().unwrap_or_default();
+                    let slug = Id::from(link.slug().unwrap_or_default());
                     host.vanity.insert(slug, link).is_some()
                 }
                 LinkKind::Domain => host.domain.replace(link).is_some(),

@@ -113,7 +113,7 @@ where
 {
     Route::Redirect {
         link,
-        partner_id: path_partner.or(link.partner_id.as_deref()),
+        partner_id: path_partner.or(link.partner_id()),
     }
 }
 

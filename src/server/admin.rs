@@ -362,8 +362,8 @@ fn resolve_url(state: &AppState, query: Option<&str>) -> Response<Body> {
             fields.insert("status".into(), json!(link.status.code()));
             fields.insert("location".into(), json!(location));
             fields.insert("partner_id".into(), json!(partner_id));
-            fields.insert("campaign_id".into(), json!(link.campaign_id.as_deref()));
-            fields.insert("ad_id".into(), json!(link.ad_id.as_deref()));
+            fields.insert("campaign_id".into(), json!(link.campaign_id()));
+            fields.insert("ad_id".into(), json!(link.ad_id()));
             fields.insert("deeplink".into(), json!(deeplink));
         }
         Route::AppSite(site, _) => {
