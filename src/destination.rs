@@ -234,13 +234,51 @@ impl HostPattern {
     }
 }
 
+/// A record's deep-link allow-list as one shared string: its patterns separated
+/// by spaces, a wildcard held as `.acme.com` (a name never starts with a dot).
+/// One allocation per list, where boxed patterns took one per host and one for
+/// the list: a map may hold a list per tracking link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPatterns(std::sync::Arc<str>);
+
+impl HostPatterns {
+    /// `None` for an empty list (every deep link is then refused).
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Option<HostPatterns>, String> {
+        let mut text = String::new();
+        for pattern in patterns {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            match HostPattern::parse(pattern.as_ref())? {
+                HostPattern::Exact(name) => text.push_str(&name),
+                HostPattern::AnySubdomainOf(suffix) => text.push_str(&suffix),
+            }
+        }
+        Ok((!text.is_empty()).then(|| HostPatterns(text.into())))
+    }
+
+    /// The patterns, space-separated.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `host` must already be lowercase without a trailing dot.
+    pub fn matches(&self, host: &str) -> bool {
+        self.0.split(' ').any(|pattern| {
+            if pattern.starts_with('.') {
+                host.len() > pattern.len() && host.ends_with(pattern)
+            } else {
+                host == pattern
+            }
+        })
+    }
+}
+
 /// Checks a decoded `u=` value against the allow-list; `Some` is the destination to
 /// use instead of the record's `url`. Anything else (other schemes, relative or
 /// scheme-relative URLs, hosts not listed) is refused: no open redirect.
-pub fn accept_deeplink(candidate: &str, allowed: &[HostPattern]) -> Option<Destination> {
-    if allowed.is_empty() {
-        return None;
-    }
+pub fn accept_deeplink(candidate: &str, allowed: Option<&HostPatterns>) -> Option<Destination> {
+    let allowed = allowed?;
     let url = Url::parse(candidate.trim()).ok()?;
     if !matches!(url.scheme(), "http" | "https") {
         return None;
@@ -249,7 +287,7 @@ pub fn accept_deeplink(candidate: &str, allowed: &[HostPattern]) -> Option<Desti
     let host = host.strip_suffix('.').unwrap_or(host);
     // The URL standard lets `*`, `,` and empty labels into a host; no real site
     // has them, and a pattern must not match what DNS would not resolve.
-    if !is_host_name(host) || !allowed.iter().any(|pattern| pattern.matches(host)) {
+    if !is_host_name(host) || !allowed.matches(host) {
         return None;
     }
     Destination::from_url(&url)
@@ -342,22 +380,19 @@ mod tests {
         );
     }
 
-    fn allow(patterns: &[&str]) -> Vec<HostPattern> {
-        patterns
-            .iter()
-            .map(|p| HostPattern::parse(p).unwrap())
-            .collect()
+    fn allow(patterns: &[&str]) -> Option<HostPatterns> {
+        HostPatterns::parse(patterns).unwrap()
     }
 
     #[test]
     fn deeplink_exact_and_wildcard_hosts() {
         let allowed = allow(&["www.acme.com", "*.acme-shop.com"]);
-        assert!(accept_deeplink("https://www.acme.com/shoes?x=1", &allowed).is_some());
-        assert!(accept_deeplink("https://WWW.ACME.COM./shoes", &allowed).is_some());
-        assert!(accept_deeplink("http://eu.acme-shop.com/", &allowed).is_some());
-        assert!(accept_deeplink("https://a.b.acme-shop.com/", &allowed).is_some());
+        assert!(accept_deeplink("https://www.acme.com/shoes?x=1", allowed.as_ref()).is_some());
+        assert!(accept_deeplink("https://WWW.ACME.COM./shoes", allowed.as_ref()).is_some());
+        assert!(accept_deeplink("http://eu.acme-shop.com/", allowed.as_ref()).is_some());
+        assert!(accept_deeplink("https://a.b.acme-shop.com/", allowed.as_ref()).is_some());
         // The wildcard names subdomains only.
-        assert!(accept_deeplink("https://acme-shop.com/", &allowed).is_none());
+        assert!(accept_deeplink("https://acme-shop.com/", allowed.as_ref()).is_none());
     }
 
     #[test]
@@ -383,15 +418,19 @@ mod tests {
             "https://a,b.acme.com/",
             "https://a..acme.com/",
         ] {
-            assert!(accept_deeplink(bad, &allowed).is_none(), "accepted {bad:?}");
+            assert!(
+                accept_deeplink(bad, allowed.as_ref()).is_none(),
+                "accepted {bad:?}"
+            );
         }
-        assert!(accept_deeplink("https://www.acme.com/", &[]).is_none());
+        assert!(accept_deeplink("https://www.acme.com/", None).is_none());
     }
 
     #[test]
     fn deeplink_destination_keeps_its_query_and_merges() {
         let allowed = allow(&["www.acme.com"]);
-        let dest = accept_deeplink("https://www.acme.com/shoes?size=9#r", &allowed).unwrap();
+        let dest =
+            accept_deeplink("https://www.acme.com/shoes?size=9#r", allowed.as_ref()).unwrap();
         let incoming = IncomingQuery::parse(Some("u=ignored&color=red"));
         let mut out = String::new();
         dest.write_location(&incoming, true, Some(("cid", "X")), &mut out);

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::destination::{Destination, HostPattern};
+use crate::destination::{Destination, HostPatterns};
 
 /// The redirect status a record may ask for. Never 301: browsers cache it and later
 /// clicks would never reach the edge.
@@ -66,7 +66,9 @@ pub struct Link {
     pub status: RedirectStatus,
     pub forward_query: bool,
     /// Lowercase, no port, no trailing dot; shared by every record of the host.
-    pub host: Arc<str>,
+    /// A thin pointer (8 bytes, not `Arc<str>`'s 16): the link then fits a
+    /// smaller allocation class, 16 bytes less per record.
+    pub host: Arc<Box<str>>,
     /// Campaign, ad and partner ids and the slug (see the accessors).
     ids: LinkIds,
     /// Its text shared by every record with the same `url`.
@@ -74,7 +76,7 @@ pub struct Link {
     /// Hosts a `u=` deep link may point at; none means every deep link is
     /// rejected. One list shared by every record that names the same hosts (a
     /// brand's links all do), not a copy per link.
-    deeplink_hosts: Option<Arc<[HostPattern]>>,
+    deeplink_hosts: Option<HostPatterns>,
     extras: Option<Box<LinkExtras>>,
 }
 
@@ -221,8 +223,8 @@ impl Link {
             && extras.valid_until_ms.is_none_or(|until| now_ms < until)
     }
 
-    pub fn deeplink_hosts(&self) -> &[HostPattern] {
-        self.deeplink_hosts.as_deref().unwrap_or_default()
+    pub fn deeplink_hosts(&self) -> Option<&HostPatterns> {
+        self.deeplink_hosts.as_ref()
     }
 
     pub fn click_id_param(&self) -> Option<&str> {
@@ -409,7 +411,7 @@ impl Record {
                 host: site.host.clone(),
             },
             Record::Link(link) => {
-                let host: Box<str> = (*link.host).into();
+                let host: Box<str> = (**link.host).into();
                 let text = |id: Option<&str>| Box::<str>::from(id.unwrap_or_default());
                 match link.kind {
                     LinkKind::Tracking => RecordKey::Tracking {
@@ -452,19 +454,19 @@ fn invalid(reason: impl Into<String>) -> RecordError {
 /// holds no second copy of the text.
 #[derive(Debug, Default)]
 pub struct LoadCache {
-    hosts: hashbrown::HashMap<Box<str>, Arc<str>>,
+    hosts: hashbrown::HashMap<Box<str>, Arc<Box<str>>>,
     destinations: hashbrown::HashMap<u64, Destination>,
-    /// By the record's host names, one per line, as given.
-    deeplink_hosts: hashbrown::HashMap<Box<str>, Arc<[HostPattern]>>,
+    /// By the hash of their text, checked against it (no second copy held).
+    deeplink_hosts: hashbrown::HashMap<u64, HostPatterns>,
     hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl LoadCache {
-    fn host(&mut self, host: &str) -> Arc<str> {
+    fn host(&mut self, host: &str) -> Arc<Box<str>> {
         if let Some(shared) = self.hosts.get(host) {
             return shared.clone();
         }
-        let shared: Arc<str> = host.into();
+        let shared = Arc::new(Box::<str>::from(host));
         self.hosts.insert(host.into(), shared.clone());
         shared
     }
@@ -487,23 +489,21 @@ impl LoadCache {
     fn deeplink_hosts(
         &mut self,
         hosts: &[Cow<'_, str>],
-    ) -> Result<Option<Arc<[HostPattern]>>, RecordError> {
-        if hosts.is_empty() {
+    ) -> Result<Option<HostPatterns>, RecordError> {
+        use std::hash::BuildHasher;
+        let Some(parsed) = HostPatterns::parse(hosts)
+            .map_err(|reason| invalid(format!("field `deeplink_hosts`: {reason}")))?
+        else {
             return Ok(None);
+        };
+        let hash = self.hasher.hash_one(parsed.as_str());
+        match self.deeplink_hosts.get(&hash) {
+            Some(shared) if shared == &parsed => Ok(Some(shared.clone())),
+            _ => {
+                self.deeplink_hosts.insert(hash, parsed.clone());
+                Ok(Some(parsed))
+            }
         }
-        let key = hosts.join("\n");
-        if let Some(shared) = self.deeplink_hosts.get(key.as_str()) {
-            return Ok(Some(shared.clone()));
-        }
-        let parsed: Arc<[HostPattern]> = hosts
-            .iter()
-            .map(|host| {
-                HostPattern::parse(host)
-                    .map_err(|reason| invalid(format!("field `deeplink_hosts`: {reason}")))
-            })
-            .collect::<Result<_, _>>()?;
-        self.deeplink_hosts.insert(key.into(), parsed.clone());
-        Ok(Some(parsed))
     }
 }
 

@@ -272,8 +272,13 @@ impl Server {
             None => None,
         };
         let (https_sockets, tls_acceptor): (Vec<Option<std::net::TcpListener>>, _) = match https {
-            Some((listeners, acceptor)) => (listeners.into_iter().map(Some).collect(), Some(acceptor)),
-            None => (std::iter::repeat_with(|| None).take(http.len()).collect(), None),
+            Some((listeners, acceptor)) => {
+                (listeners.into_iter().map(Some).collect(), Some(acceptor))
+            }
+            None => (
+                std::iter::repeat_with(|| None).take(http.len()).collect(),
+                None,
+            ),
         };
         let edge_sockets = http
             .into_iter()

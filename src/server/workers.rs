@@ -183,9 +183,10 @@ impl Worker {
         {
             Ok(runtime) => runtime,
             Err(error) => {
-                let _ = started.send(Err(
-                    anyhow::Error::new(error).context("cannot start an edge worker's runtime")
-                ));
+                let _ =
+                    started
+                        .send(Err(anyhow::Error::new(error)
+                            .context("cannot start an edge worker's runtime")));
                 return false;
             }
         };
@@ -214,9 +215,9 @@ impl Worker {
                 listeners
             }
             Err(error) => {
-                let _ = started.send(Err(
-                    anyhow::Error::new(error).context("cannot register an edge worker's sockets")
-                ));
+                let _ = started
+                    .send(Err(anyhow::Error::new(error)
+                        .context("cannot register an edge worker's sockets")));
                 return false;
             }
         };
