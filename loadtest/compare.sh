@@ -9,10 +9,13 @@
 #   MIX=hard loadtest/compare.sh             # issue 15's harder link mix (dataset.py --mix)
 #
 # Each server runs pinned to SERVER_CPUS (core 0; one nginx worker, HAProxy
-# thread, tokio worker per core), wrk (64 connections, a Lua target list, a thread
-# per core) to LOAD_CPUS (core 1). Recorded: redirects/s, p50/p99/p99.9, server CPU time per redirect
-# (utime+stime from /proc), RSS, time to ready. clickedge writes every click's
-# event to a real tansu broker. Output: loadtest/results/compare-*.md and .png.
+# thread, clickedge worker per core), wrk (64 connections, a Lua target list, a thread
+# per core) to LOAD_CPUS (core 1). Recorded: redirects/s, p50/p99/p99.9, server CPU
+# time per redirect (perf stat task-clock over the run, every thread of the
+# server), its ratio to nginx's, syscalls and context switches per request (perf
+# stat software counters: deterministic where time is noisy), RSS, time to ready.
+# clickedge writes every click's event to a real tansu broker. Output:
+# loadtest/results/compare-*.md and .png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINKS="${LINKS:-1000000}"
@@ -28,9 +31,10 @@ wanted() { [[ " $SERVERS " == *" $1 "* ]]; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/clickedge-ci/target}"
 
 need=()
-for tool in wrk nginx haproxy curl bc; do command -v $tool >/dev/null || need+=("$tool"); done
+for tool in wrk nginx haproxy curl bc perf; do command -v $tool >/dev/null || need+=("$tool"); done
 if [ ${#need[@]} -gt 0 ]; then
   pkgs=("${need[@]/nginx/nginx-light}")
+  pkgs=("${pkgs[@]/perf/linux-perf}")
   apt-get update -qq && apt-get install -y -qq "${pkgs[@]}"
 fi
 python3 -c 'import matplotlib' 2>/dev/null || pip install -q matplotlib
@@ -46,9 +50,6 @@ work=/var/tmp/clickedge-loadtest/compare-run
 rm -rf "$work" && mkdir -p "$work" loadtest/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out="loadtest/results/compare-$stamp"
-tick=$(getconf CLK_TCK)
-
-cpu_ticks() { for p in $1; do cat "/proc/$p/stat"; done | awk '{t += $14 + $15} END {print t}'; }
 # CPU time the hypervisor took from this VM: a noisy neighbour shows here.
 steal_and_total() { awk '/^cpu / {print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 read -r steal0 total0 < <(steal_and_total)
@@ -73,32 +74,36 @@ sleep 1
 "$TANSU" topic create clicks --broker tcp://127.0.0.1:19192 --partitions 3 >/dev/null
 
 read -r probe_host probe_path < <(head -1 "$data/targets.txt")
-echo "| server | redirects/s | p50 ms | p99 ms | p99.9 ms | CPU µs/redirect | RSS MB | ready s |" >"$out.md"
-echo "|---|---|---|---|---|---|---|---|" >>"$out.md"
+echo "| server | redirects/s | p50 ms | p99 ms | p99.9 ms | CPU µs/redirect | × nginx | syscalls/req | ctx switches/req | RSS MB | ready s |" >"$out.md"
+echo "|---|---|---|---|---|---|---|---|---|---|---|" >>"$out.md"
+nginx_cpu=""
 
 run() { # name port pid ready
-  local name=$1 port=$2 pid=$3 ready=$4 before after
-  before=$(cpu_ticks "$pid")
+  local name=$1 port=$2 pid=$3 ready=$4
+  # Warm-up (connections, caches, the first events' batches), not counted.
+  TARGETS="$data/targets.txt" taskset -c "$LOAD_CPUS" wrk -t"$load_threads" -c"$CONNECTIONS" -d2s -s loadtest/targets.lua \
+    "http://127.0.0.1:$port/" >/dev/null
+  perf stat -x, -e task-clock,context-switches,raw_syscalls:sys_enter -p "${pid// /,}" -o "$work/$name.perf" &
+  local perf=$!
+  sleep 0.2
   TARGETS="$data/targets.txt" taskset -c "$LOAD_CPUS" wrk -t"$load_threads" -c"$CONNECTIONS" -d"$DURATION" -s loadtest/targets.lua \
     "http://127.0.0.1:$port/" >"$work/$name.wrk"
-  after=$(cpu_ticks "$pid")
-  local rps reqs p50 p99 p999 cpu
+  kill -INT $perf; wait $perf 2>/dev/null || true
+  local rps reqs p50 p99 p999 cpu ratio syscalls switches
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name.wrk")
   reqs=$(awk '/^REQUESTS/ {print $2}' "$work/$name.wrk")
   read -r p50 p99 p999 < <(awk '/^LATENCY_US/ {gsub(/p[0-9]+=/, ""); print $2/1000, $4/1000, $5/1000}' "$work/$name.wrk")
-  cpu=$(echo "scale=2; ($after - $before) * 1000000 / $tick / $reqs" | bc)
-  printf '| %s | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %.2f |\n' \
-    "$name" "$rps" "$p50" "$p99" "$p999" "$cpu" "$(rss_mb "$pid")" "$ready" | tee -a "$out.md"
+  # perf counted a little longer than wrk ran (its start, the 0.2 s before wrk):
+  # idle time, which adds nothing to a busy server's counters but its idle ticks.
+  cpu=$(awk -F, -v r="$reqs" '/task-clock/ {printf "%.2f", $1 * 1000 / r}' "$work/$name.perf")
+  syscalls=$(awk -F, -v r="$reqs" '/sys_enter/ {printf "%.2f", $1 / r}' "$work/$name.perf")
+  switches=$(awk -F, -v r="$reqs" '/context-switches/ {printf "%.3f", $1 / r}' "$work/$name.perf")
+  [[ $name == nginx* ]] && nginx_cpu=$cpu
+  ratio=$( [ -n "$nginx_cpu" ] && echo "scale=2; $cpu / $nginx_cpu" | bc || echo "-")
+  printf '| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %.2f |\n' \
+    "$name" "$rps" "$p50" "$p99" "$p999" "$cpu" "$ratio" "$syscalls" "$switches" "$(rss_mb "$pid")" "$ready" | tee -a "$out.md"
   grep -E "^REQUESTS" "$work/$name.wrk" >&2
 }
-
-# The floor: constant 302.
-if wanted floor; then
-launched=$(date +%s.%N)
-taskset -c "$SERVER_CPUS" "$CARGO_TARGET_DIR/release/examples/floor" 127.0.0.1:18780 &
-pid=$!; ready=$(wait_ready "http://127.0.0.1:18780$probe_path" "$probe_host")
-run "hyper floor (constant 302)" 18780 $pid "$ready"; kill $pid
-fi
 
 # nginx: map $host$uri, one worker.
 if wanted nginx; then
@@ -129,6 +134,14 @@ ready=$(wait_ready "http://127.0.0.1:18580$probe_path" "$probe_host")
 pid=$(pgrep -d' ' -f "nginx: worker process") # every worker's
 run "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (map, $cores worker)" 18580 "$pid" "$ready"
 kill "$(cat "$work/nginx.pid")"
+fi
+
+# The floor: constant 302.
+if wanted floor; then
+launched=$(date +%s.%N)
+taskset -c "$SERVER_CPUS" "$CARGO_TARGET_DIR/release/examples/floor" 127.0.0.1:18780 &
+pid=$!; ready=$(wait_ready "http://127.0.0.1:18780$probe_path" "$probe_host")
+run "hyper floor (constant 302)" 18780 $pid "$ready"; kill $pid
 fi
 
 # HAProxy: map redirect, one thread.

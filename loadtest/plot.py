@@ -11,7 +11,7 @@ table, png = sys.argv[1], sys.argv[2]
 rows = []
 for line in open(table):
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    if len(cells) == 8 and cells[1].replace(".", "").isdigit():
+    if len(cells) >= 8 and cells[1].replace(".", "").isdigit():
         rows.append(cells)
 names = [r[0].split(" (")[0] for r in rows]
 series = [("redirects/s", 1, "higher is better"), ("p99 latency (ms)", 3, "lower is better"),
