@@ -65,8 +65,9 @@ wait_ready() { # url host
   echo "$(date +%s.%N) - $start" | bc
 }
 
-# The broker for clickedge's events.
-"$TANSU" broker --listener-url tcp://127.0.0.1:19192 --advertised-listener-url tcp://127.0.0.1:19192 \
+# The broker for clickedge's events, beside the load generator: its work is not the
+# server's, and must not take the server's core.
+taskset -c "$LOAD_CPUS" "$TANSU" broker --listener-url tcp://127.0.0.1:19192 --advertised-listener-url tcp://127.0.0.1:19192 \
   --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
 tansu=$!
 trap 'kill $tansu 2>/dev/null || true; pkill -P $$ 2>/dev/null || true' EXIT

@@ -256,3 +256,48 @@ impl Worker {
         in_time
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_shares_one_port_and_a_plain_socket_does_not_join_it() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for socket in &group {
+            assert_eq!(socket.local_addr().unwrap().port(), port);
+        }
+        // A second edge with one worker (a plain socket) cannot take the port.
+        let taken = bind_group(group[0].local_addr().unwrap(), 1).unwrap_err();
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+        // Nor can anything bind over a lone worker's plain socket.
+        let single = bind_group("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let over = bind_group(single[0].local_addr().unwrap(), 2).unwrap_err();
+        assert_eq!(over.kind(), std::io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn every_socket_of_a_group_accepts() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 4).unwrap();
+        let address = group[0].local_addr().unwrap();
+        // Connections from many source ports spread over the group (the kernel
+        // hashes them); every one is accepted by some member.
+        let clients: Vec<_> = (0..64)
+            .map(|_| std::net::TcpStream::connect(address).unwrap())
+            .collect();
+        let mut accepted = 0;
+        let mut members_used = 0;
+        for socket in &group {
+            let mut here = 0;
+            while socket.accept().is_ok() {
+                here += 1;
+            }
+            accepted += here;
+            members_used += usize::from(here > 0);
+        }
+        assert_eq!(accepted, clients.len());
+        assert!(members_used > 1, "all 64 connections went to one socket");
+    }
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
 
-use crate::support::{consume, request, sample, TestEdge, LINKS};
+use crate::support::{consume, request, sample, TestEdge, BROWSER_UA, LINKS};
 
 #[tokio::test]
 async fn metrics_count_requests_events_links_and_connections() {
@@ -274,5 +274,53 @@ async fn a_full_spool_drops_and_counts_while_redirects_go_on() {
     assert!(count(&m, "dropped") > 0.0, "{m}");
     let size = sample(&m, "clickedge_spool_size_bytes").unwrap();
     assert!(size > 0.0 && size <= 65536.0, "{m}");
+    edge.stop().await.unwrap();
+}
+
+/// Several edge workers, each with its own sockets: concurrent keep-alive
+/// connections are all served (on whichever worker the kernel gave them), every
+/// click's event is delivered once, and the drain waits for every worker.
+#[tokio::test]
+async fn several_workers_serve_every_connection_and_drain_together() {
+    let edge = TestEdge::start(LINKS, &["--workers", "3"]).await;
+    let http = edge.http;
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(http).await.unwrap();
+                let (mut send, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .unwrap();
+                tokio::spawn(connection);
+                let mut ids = Vec::new();
+                for _ in 0..5 {
+                    let request = http::Request::get("/c/1/5678/9012")
+                        .header("host", "acme.sjv.io")
+                        .header("user-agent", BROWSER_UA)
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    let response = send.send_request(request).await.unwrap();
+                    assert_eq!(response.status(), 302);
+                    let location = response.headers()["location"].to_str().unwrap();
+                    ids.push(location.rsplit("clickid=").next().unwrap().to_owned());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for client in clients {
+        ids.extend(client.await.unwrap());
+    }
+    assert_eq!(ids.len(), 120);
+    let events = edge.events(ids.len()).await;
+    let mut delivered: Vec<String> = events
+        .iter()
+        .map(|e| e.field("click_id").as_str().unwrap().to_owned())
+        .collect();
+    delivered.sort();
+    ids.sort();
+    assert_eq!(delivered, ids, "each click's event exactly once");
     edge.stop().await.unwrap();
 }
