@@ -7,6 +7,7 @@
 #   SERVERS=clickedge loadtest/compare.sh    # only some (floor nginx haproxy clickedge)
 #   SERVER_CPUS=0,1 LOAD_CPUS=0,1 loadtest/compare.sh   # two server cores (shared with wrk)
 #   MIX=hard loadtest/compare.sh             # issue 15's harder link mix (dataset.py --mix)
+#   CLICKEDGE_BIN=/path/to/clickedge SERVERS=clickedge loadtest/compare.sh   # another build
 #
 # Each server runs pinned to SERVER_CPUS (core 0; one nginx worker, HAProxy
 # thread, clickedge worker per core), wrk (64 connections, a Lua target list, a thread
@@ -43,7 +44,7 @@ TANSU="${TANSU_BIN:-$HOME/.cargo/bin/tansu}"
   --target-dir /var/tmp/clickedge-ci/tansu-target
 
 cargo build --release --quiet --bin clickedge --example floor
-bin="$CARGO_TARGET_DIR/release/clickedge"
+bin="${CLICKEDGE_BIN:-$CARGO_TARGET_DIR/release/clickedge}" # CLICKEDGE_BIN: another build (A/B)
 data=/var/tmp/clickedge-loadtest/compare-$LINKS-$MIX
 [ -s "$data/targets.txt" ] || python3 loadtest/dataset.py "$LINKS" "$data" --mix "$MIX"
 work=/var/tmp/clickedge-loadtest/compare-run
@@ -100,7 +101,7 @@ run() { # name port pid ready
   syscalls=$(awk -F, -v r="$reqs" '/sys_enter/ {printf "%.2f", $1 / r}' "$work/$name.perf")
   switches=$(awk -F, -v r="$reqs" '/context-switches/ {printf "%.3f", $1 / r}' "$work/$name.perf")
   [[ $name == nginx* ]] && nginx_cpu=$cpu
-  ratio=$( [ -n "$nginx_cpu" ] && echo "scale=2; $cpu / $nginx_cpu" | bc || echo "-")
+  ratio=$( [ -n "$nginx_cpu" ] && printf '%.2f' "$(echo "scale=4; $cpu / $nginx_cpu" | bc)" || echo "-")
   printf '| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %.2f |\n' \
     "$name" "$rps" "$p50" "$p99" "$p999" "$cpu" "$ratio" "$syscalls" "$switches" "$(rss_mb "$pid")" "$ready" | tee -a "$out.md"
   grep -E "^REQUESTS" "$work/$name.wrk" >&2
