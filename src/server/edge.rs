@@ -26,7 +26,8 @@ use crate::metrics::{Outcome, RequestType};
 use crate::useragent::{Client, Os};
 
 const ROBOTS_TXT: &str = "User-agent: *\nDisallow: /";
-const X_ROBOTS_TAG: &str = "x-robots-tag";
+/// A `HeaderName` made once: from a `&str`, every insert allocated and parsed it.
+const X_ROBOTS_TAG: http::HeaderName = http::HeaderName::from_static("x-robots-tag");
 
 type Body = Full<Bytes>;
 
@@ -231,9 +232,11 @@ impl<B> Click<'_, B> {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex"));
         if let (Some(visitor), true) = (&visitor, new_visitor) {
-            if let Ok(cookie) =
-                HeaderValue::from_str(&visitor_set_cookie(visitor, self.client.https))
-            {
+            // The cookie's own buffer becomes the header value (no copy).
+            if let Ok(cookie) = HeaderValue::from_maybe_shared(Bytes::from(visitor_set_cookie(
+                visitor,
+                self.client.https,
+            ))) {
                 headers.insert(SET_COOKIE, cookie);
             }
         }
