@@ -476,7 +476,10 @@ fn invalid(reason: impl Into<String>) -> RecordError {
 /// Shares hosts and destinations between the records of one load, so a million
 /// links to a thousand landing pages hold a thousand destinations. Destinations
 /// are found by the hash of their `url` and checked against it, so the cache
-/// holds no second copy of the text.
+/// holds no second copy of the text. The destination and allow-list caches are
+/// bounded ([`LoadCache::SHARED_MAX`] entries, then started afresh): a file of
+/// a million unique URLs would otherwise hold an entry per URL until the load
+/// ends, for nothing, at the load's peak memory.
 #[derive(Debug, Default)]
 pub struct LoadCache {
     hosts: hashbrown::HashMap<Box<str>, Arc<Box<str>>>,
@@ -487,6 +490,10 @@ pub struct LoadCache {
 }
 
 impl LoadCache {
+    /// Distinct destinations (and allow-lists) remembered at once: far more
+    /// than a brand has landing pages, a few MB at most.
+    pub const SHARED_MAX: usize = 1 << 16;
+
     fn host(&mut self, host: &str) -> Arc<Box<str>> {
         if let Some(shared) = self.hosts.get(host) {
             return shared.clone();
@@ -507,6 +514,9 @@ impl LoadCache {
         }
         let parsed =
             Destination::parse(url).map_err(|reason| invalid(format!("field `url`: {reason}")))?;
+        if self.destinations.len() >= Self::SHARED_MAX {
+            self.destinations.clear();
+        }
         self.destinations.insert(hash, parsed.clone());
         Ok(parsed)
     }
@@ -525,6 +535,9 @@ impl LoadCache {
         match self.deeplink_hosts.get(&hash) {
             Some(shared) if shared == &parsed => Ok(Some(shared.clone())),
             _ => {
+                if self.deeplink_hosts.len() >= Self::SHARED_MAX {
+                    self.deeplink_hosts.clear();
+                }
                 self.deeplink_hosts.insert(hash, parsed.clone());
                 Ok(Some(parsed))
             }
