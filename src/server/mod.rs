@@ -2,9 +2,11 @@
 //!
 //! [`Server::bind`] loads the links, starts the event sink and binds the sockets, so
 //! a caller (a test with `127.0.0.1:0`) can learn the addresses before serving.
-//! [`Server::run`] serves until its shutdown future completes, then drains: `/readyz`
-//! turns 503, the edge stops accepting, in-flight requests finish within
-//! `--shutdown-timeout`, and the producer is flushed within it too.
+//! [`Server::run`] starts the edge workers (one thread and runtime per core, see
+//! `workers`), serves the admin listener on the caller's runtime until the
+//! shutdown future completes, then drains: the edge stops accepting, `/readyz`
+//! turns 503, in-flight requests finish within `--shutdown-timeout`, and the
+//! producer is flushed within it too.
 
 /// `AsyncWrite` for a stream wrapper that writes straight to its `inner` field
 /// (reads are where the wrappers differ).
