@@ -98,5 +98,35 @@ print(f"  total    : {total:>8,.0f}")
 print(f"top functions (self instructions per redirect, all threads):")
 for fn, ir in functions.most_common(top):
     print(f"  {ir / requests:>8,.0f}  {fn[:110]}")
+
+# The edge workers' instructions by step: their functions grouped by what they
+# belong to (the first pattern that matches).
+steps = [
+    ("HTTP/1 (hyper, http, httparse, bytes)", r"hyper|http::|httparse|bytes::"),
+    ("event JSON (to_json, strings, timestamp)", r"clickedge::event"),
+    ("link lookup (host map, tracking table, packed ids)", r"clickedge::links::|resolve::|normalize_host|hashbrown"),
+    ("Location (query parse and merge)", r"destination::|IncomingQuery|percent_encoding|form_urlencoded"),
+    ("click and visitor ids (ULID, text)", r"ulid|click_id|ClickId|from_utf8"),
+    ("User-Agent (remembered)", r"useragent|isbot|woothee|regex"),
+    ("request headers, cookie", r"server::request::|cookie"),
+    ("hand-off to the pump (channel)", r"EventSink|crossbeam"),
+    ("metrics", r"metrics"),
+    ("allocator and copies", r"malloc|free|memcpy|memmove|memset|realloc|_int_|memchr|memrchr|memcmp"),
+    ("runtime, sockets, timers (tokio, limits)", r"tokio|mio|epoll|recv|send|writev|readv|Timespec|clock|Timed|limits|sleep|syscall"),
+    ("the edge handler itself (edge.rs, spawn_connection)", r"server::edge|spawn_connection|server::service|client_ip"),
+    ("formatting and strings (core::fmt, str)", r"core::fmt|core::str|alloc::fmt|String|pad_integral"),
+]
+workers = collections.Counter()
+for thread in load:
+    if any("edge::handle" in fn for fn in load[thread][1]):
+        workers.update(load[thread][1])
+        workers.subtract(idle.get(thread, (0, collections.Counter()))[1])
+by_step = collections.Counter()
+for fn, ir in workers.items():
+    step = next((name for name, pattern in steps if re.search(pattern, fn)), "other")
+    by_step[step] += ir
+print(f"edge workers by step: {sum(workers.values()) / requests:,.0f} instructions per redirect")
+for step, ir in by_step.most_common():
+    print(f"| {step} | {ir / requests:,.0f} |")
 PY
 echo "dumps: $work (callgrind_annotate --inclusive=no FILE for one thread)"
