@@ -120,13 +120,18 @@ fn fitted_cap(configured: Option<usize>, open_files: u64, edge_listeners: usize)
     }
 }
 
-/// A connection's timers beyond the request head's.
+/// A connection's timers.
 ///
 /// - **Idle**: closed when nothing arrives for `idle`: HTTP/2 connections (which
 ///   hyper would keep forever) and stalled HTTP/1 bodies. Reads only mark the
 ///   connection active; the timer wakes four times per `idle`, so a silent
 ///   connection closes between `idle` and 1.25 × `idle` after its last byte, and
 ///   a busy one costs a store per read, not a timer reset.
+/// - **Request head** (HTTP/1 edge connections, once enabled): the next request
+///   must arrive within `--header-read-timeout` of the connection's start or of
+///   the previous response. Checked on the same coarse tick (then four times per
+///   the shorter of the two timeouts), instead of hyper's timer, which armed a
+///   new sleep for every request; a request costs a clock read.
 /// - **Send**: closed when a write stays blocked for `send`: the client does not
 ///   read what it asked for (a pipelining client that never reads fills the
 ///   socket's buffers, and hyper then stops reading too, so the idle timer alone
@@ -135,14 +140,30 @@ fn fitted_cap(configured: Option<usize>, open_files: u64, edge_listeners: usize)
 pub struct Timed<S> {
     inner: S,
     quarter: Duration,
-    /// Quarters passed with nothing read.
-    silent: u8,
+    /// Ticks with nothing read, and how many make `idle`.
+    silent: u32,
+    idle_ticks: u32,
+    idle: Duration,
     active: bool,
     timer: Pin<Box<Sleep>>,
+    /// `--header-read-timeout`, when this wrapper enforces it.
+    head_timeout: Option<Duration>,
+    /// When the awaited request head must have arrived.
+    head_deadline: Option<Instant>,
+    /// Bytes were written since the deadline was last armed: a response went
+    /// out, so the next read starts the wait for the next head. (Flushes do not
+    /// count: hyper flushes on every turn.)
+    answered: bool,
     send: Duration,
     /// Armed while a write is blocked: when it must have gone through.
     send_timer: Option<Pin<Box<Sleep>>>,
     metrics: Arc<Metrics>,
+}
+
+/// Which timer a silent connection ran out of.
+enum Expired {
+    Idle,
+    Head,
 }
 
 impl<S> Timed<S> {
@@ -152,29 +173,56 @@ impl<S> Timed<S> {
             inner,
             quarter,
             silent: 0,
+            idle_ticks: 4,
+            idle,
             active: false,
             timer: Box::pin(tokio::time::sleep(quarter)),
+            head_timeout: None,
+            head_deadline: None,
+            answered: false,
             send,
             send_timer: None,
             metrics,
         }
     }
 
-    /// Whether the connection has been silent for `idle`; keeps the timer armed.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Enforces the request-head deadline from now on (see the type's doc).
+    pub fn enforce_head_timeout(&mut self, head: Duration) {
+        self.head_timeout = Some(head);
+        self.head_deadline = Some(Instant::now() + head);
+        self.answered = false;
+        self.quarter = self.idle.min(head) / 4;
+        self.idle_ticks = u32::try_from(
+            self.idle
+                .as_nanos()
+                .div_ceil(self.quarter.as_nanos().max(1)),
+        )
+        .unwrap_or(u32::MAX)
+        .max(1);
+        self.silent = 0;
+        let next = Instant::now() + self.quarter;
+        self.timer.as_mut().reset(next);
+    }
+
+    /// Whether the connection has been silent for `idle`, or its request head
+    /// is late; keeps the timer armed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
         while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if self.head_deadline.is_some_and(|deadline| now >= deadline) {
+                return Some(Expired::Head);
+            }
             if std::mem::take(&mut self.active) {
                 self.silent = 0;
             } else {
                 self.silent += 1;
-                if self.silent >= 4 {
-                    return true;
+                if self.silent >= self.idle_ticks {
+                    return Some(Expired::Idle);
                 }
             }
-            let next = Instant::now() + self.quarter;
-            self.timer.as_mut().reset(next);
+            self.timer.as_mut().reset(now + self.quarter);
         }
-        false
+        None
     }
 
     /// Passes a write's outcome on: a completed one disarms the send timer; a
@@ -210,19 +258,33 @@ impl<S: AsyncRead + Unpin> AsyncRead for Timed<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if std::mem::take(&mut this.answered) {
+            if let Some(head) = this.head_timeout {
+                this.head_deadline = Some(Instant::now() + head);
+            }
+        }
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 this.active = true;
                 Poll::Ready(result)
             }
-            Poll::Pending if this.expired(cx) => {
-                this.metrics.connection_timed_out(Timeout::Idle);
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "idle timeout: nothing received",
-                )))
-            }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.expired(cx) {
+                None => Poll::Pending,
+                Some(Expired::Idle) => {
+                    this.metrics.connection_timed_out(Timeout::Idle);
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "idle timeout: nothing received",
+                    )))
+                }
+                Some(Expired::Head) => {
+                    this.metrics.connection_timed_out(Timeout::Header);
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "header read timeout: no complete request in time",
+                    )))
+                }
+            },
         }
     }
 }
@@ -234,6 +296,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Timed<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.answered |= matches!(polled, Poll::Ready(Ok(n)) if n > 0);
         self.timed_write(cx, polled)
     }
 
@@ -243,6 +306,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Timed<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.answered |= matches!(polled, Poll::Ready(Ok(n)) if n > 0);
         self.timed_write(cx, polled)
     }
 

@@ -590,12 +590,15 @@ async fn admit(
 }
 
 /// HTTP/1.1 as every listener speaks it: request heads bounded in size, count
-/// (hyper's 100 headers) and time.
-fn http1(timeouts: Timeouts) -> hyper::server::conn::http1::Builder {
+/// (hyper's 100 headers) and time. `hyper_head_timer`: the head's time is
+/// hyper's to enforce (the admin listener); `None` where the connection's
+/// [`limits::Timed`] enforces it (the edge: hyper's timer armed a new sleep per
+/// request, ~4% of the request path's instructions).
+fn http1(hyper_head_timer: Option<Duration>) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header_read)
+        .header_read_timeout(hyper_head_timer)
         .max_buf_size(MAX_REQUEST_HEAD);
     builder
 }
@@ -714,12 +717,16 @@ fn serve_tls(
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let service = service(state.clone(), peer, Listener::Https);
-            let io = TokioIo::new(tls);
+            let mut tls = tls;
             let outcome = if h2 {
-                watcher.watch(http2().serve_connection(io, service)).await
-            } else {
                 watcher
-                    .watch(http1(timeouts).serve_connection(io, service))
+                    .watch(http2().serve_connection(TokioIo::new(tls), service))
+                    .await
+            } else {
+                // Counted from the handshake's end, as after a response.
+                tls.get_mut().0.enforce_head_timeout(timeouts.header_read);
+                watcher
+                    .watch(http1(None).serve_connection(TokioIo::new(tls), service))
                     .await
             };
             connection_ended(&state, outcome, peer);
@@ -739,9 +746,19 @@ fn serve(
         state,
         accepted,
         listener,
-        move |state, stream, peer| async move {
+        move |state, mut stream, peer| async move {
             let service = service(state.clone(), peer, listener);
-            let connection = http1(state.timeouts).serve_connection(TokioIo::new(stream), service);
+            let hyper_head_timer = match listener {
+                // Admin requests may take long to answer (a reload): hyper's
+                // timer stops at the head's end, the connection's would not.
+                Listener::Admin => Some(state.timeouts.header_read),
+                _ => {
+                    stream.enforce_head_timeout(state.timeouts.header_read);
+                    None
+                }
+            };
+            let connection =
+                http1(hyper_head_timer).serve_connection(TokioIo::new(stream), service);
             connection_ended(&state, watcher.watch(connection).await, peer);
         },
     );

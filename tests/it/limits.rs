@@ -222,6 +222,78 @@ async fn an_unfinished_tls_handshake_is_closed_at_the_header_read_timeout() {
     .await;
 }
 
+/// Over TLS, HTTP/1: the head's deadline runs from the handshake's end and from
+/// each response, enforced by the connection's own timer (not hyper's).
+#[tokio::test]
+async fn a_slow_head_over_tls_is_closed_at_the_header_read_timeout() {
+    let (edge, _certs) = tls_edge(&["--header-read-timeout", "1s"]).await;
+    let (mut stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"http/1.1"])
+        .await
+        .unwrap();
+    // One request answered, then a head that never ends, a byte every 100 ms.
+    stream
+        .write_all(b"GET /c/1/5678/9012 HTTP/1.1\r\nHost: acme.sjv.io\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 302");
+    let started = Instant::now();
+    let mut closed_after = None;
+    for byte in
+        b"GET /c/1/5678/9012 HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut rest = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut rest)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            _ => {}
+        }
+    }
+    let closed_after = closed_after.expect("the unfinished head was never closed");
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "{closed_after:?}"
+    );
+    assert!(closed_after < Duration::from_secs(4), "{closed_after:?}");
+    edge.wait_for_sample(
+        r#"clickedge_connections_timed_out_total{timeout="header"}"#,
+        1.0,
+    )
+    .await;
+}
+
+/// HTTP/2 connections have no head deadline of their own: a connection quiet
+/// past `--header-read-timeout` (but within the idle timeout) still serves.
+#[tokio::test]
+async fn an_http2_connection_outlives_the_header_read_timeout() {
+    let (edge, _certs) = tls_edge(&["--header-read-timeout", "1s", "--idle-timeout", "30s"]).await;
+    let (stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
+        .await
+        .unwrap();
+    let (mut sender, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(connection);
+    for round in 0..2 {
+        let request = http::Request::get("https://acme.sjv.io/c/1/5678/9012")
+            .body(())
+            .unwrap();
+        let (response, _) = sender.send_request(request, true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 302, "round {round}");
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            sender = sender.ready().await.unwrap();
+        }
+    }
+    assert!(!connection.is_finished());
+}
+
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_at_the_idle_timeout() {
     let (edge, _certs) = tls_edge(&["--idle-timeout", "1s"]).await;
