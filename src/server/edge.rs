@@ -156,6 +156,8 @@ impl<B> Click<'_, B> {
             ..
         } = *self;
         let click_id = ClickId::generate(self.now);
+        // The ids' text, checked once (every `as_str` validates the bytes again).
+        let click_id = click_id.as_str();
         let query = IncomingQuery::parse(request.uri().query());
         let user_agent = header_text(request, &USER_AGENT);
         let client = state.classifier.classify(user_agent.as_deref());
@@ -168,12 +170,13 @@ impl<B> Click<'_, B> {
         } else {
             (None, false)
         };
+        let visitor = visitor.as_ref().map(ClickId::as_str);
 
         let mut location = String::with_capacity(256);
         let deeplink_outcome = link.write_location(
             &query,
             &state.click_id_param,
-            click_id.as_str(),
+            click_id,
             &mut location,
         );
 
@@ -231,7 +234,7 @@ impl<B> Click<'_, B> {
         let headers = response.headers_mut();
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex"));
-        if let (Some(visitor), true) = (&visitor, new_visitor) {
+        if let (Some(visitor), true) = (visitor, new_visitor) {
             // The cookie's own buffer becomes the header value (no copy).
             if let Ok(cookie) = HeaderValue::from_maybe_shared(Bytes::from(visitor_set_cookie(
                 visitor,
@@ -245,8 +248,8 @@ impl<B> Click<'_, B> {
         // would count as clicks.
         if request.method() == Method::GET {
             self.emit(Emitted {
-                click_id: &click_id,
-                visitor: visitor.as_ref(),
+                click_id,
+                visitor,
                 new_visitor,
                 query: &query,
                 deeplink: deeplink_outcome,
@@ -280,7 +283,7 @@ impl<B> Click<'_, B> {
         let is_fallback = link.kind == LinkKind::Fallback;
         let event = ClickEvent {
             v: 1,
-            click_id: click_id.as_str(),
+            click_id,
             ts: OffsetDateTime::from(self.now),
             kind: link.kind.as_str(),
             outcome: match outcome {
@@ -303,7 +306,7 @@ impl<B> Click<'_, B> {
                 query.sub_ids[2].as_deref(),
             ],
             deeplink,
-            visitor_id: visitor.map(ClickId::as_str),
+            visitor_id: visitor,
             new_visitor,
             ip: self.client.ip,
             user_agent,
@@ -316,15 +319,15 @@ impl<B> Click<'_, B> {
             node: &self.state.node_id,
         };
         // One visitor's clicks share a key, so they stay ordered on one partition.
-        let key = visitor.unwrap_or(click_id).as_str();
+        let key = visitor.unwrap_or(click_id);
         self.state.sink.submit(key, event.to_json());
     }
 }
 
 /// What a click's event is made of, besides the request and the record.
 struct Emitted<'a> {
-    click_id: &'a ClickId,
-    visitor: Option<&'a ClickId>,
+    click_id: &'a str,
+    visitor: Option<&'a str>,
     new_visitor: bool,
     query: &'a IncomingQuery<'a>,
     deeplink: Option<&'a str>,

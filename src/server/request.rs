@@ -80,13 +80,13 @@ pub fn visitor_cookie<B>(request: &Request<B>) -> Option<ClickId> {
 
 /// The `Set-Cookie` value for a new visitor: a year, HTTP only, not sent on
 /// cross-site subrequests, and `Secure` when the click came over TLS.
-pub fn visitor_set_cookie(visitor: &ClickId, secure: bool) -> String {
+pub fn visitor_set_cookie(visitor: &str, secure: bool) -> String {
     const ATTRIBUTES: &str = "; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax";
     // Pieces pushed, not `format!`: this runs for every new visitor's click.
     let mut cookie = String::with_capacity(96);
     cookie.push_str(VISITOR_COOKIE);
     cookie.push('=');
-    cookie.push_str(visitor.as_str());
+    cookie.push_str(visitor);
     cookie.push_str(ATTRIBUTES);
     if secure {
         cookie.push_str("; Secure");
