@@ -173,12 +173,8 @@ impl<B> Click<'_, B> {
         let visitor = visitor.as_ref().map(ClickId::as_str);
 
         let mut location = String::with_capacity(256);
-        let deeplink_outcome = link.write_location(
-            &query,
-            &state.click_id_param,
-            click_id,
-            &mut location,
-        );
+        let deeplink_outcome =
+            link.write_location(&query, &state.click_id_param, click_id, &mut location);
 
         // A person on a phone, for a record with an app: the app's way instead.
         let app = link
