@@ -1,9 +1,10 @@
 //! What a connection may take: a place under `--max-connections`, and time bounded
 //! by `--header-read-timeout`, `--idle-timeout` and `--send-timeout`.
 //!
-//! The request head's limits (size, count, time) are hyper's, set where the
-//! connections are built (`super::http1` and `super::http2`); this module holds the
-//! parts hyper has no setting for.
+//! The request head's size and count limits are hyper's, set where the
+//! connections are built (`super::http1` and `super::http2`), and so is its time
+//! on the admin listener; this module holds the rest: the edge's HTTP/1 head
+//! deadline, the idle and the send timers.
 
 use std::future::Future;
 use std::io;

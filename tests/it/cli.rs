@@ -330,7 +330,13 @@ impl Running {
             let line = self
                 .lines
                 .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+                .unwrap_or_else(|error| {
+                    // What the edge did say, to tell a slow start from an exit.
+                    panic!(
+                        "no log line with {needle:?} ({error}); its log so far:\n{}",
+                        self.seen.borrow().join("\n")
+                    )
+                });
             self.seen.borrow_mut().push(line.clone());
             if line.contains(needle) {
                 return line;
