@@ -441,22 +441,16 @@ impl Config {
         let send_timeout = positive("send-timeout", &args.send_timeout)?;
         let links_topic_ready_timeout =
             duration("links-topic-ready-timeout", &args.links_topic_ready_timeout)?;
-        if args.max_connections == Some(0) {
-            return Err(ConfigError::Zero {
-                flag: "max-connections",
+        let nonzero = |flag, count: Option<usize>| match count {
+            Some(0) => Err(ConfigError::Zero {
+                flag,
                 value: "0".to_owned(),
-            });
-        }
-        let workers = match args.workers {
-            Some(0) => {
-                return Err(ConfigError::Zero {
-                    flag: "workers",
-                    value: "0".to_owned(),
-                })
-            }
-            Some(workers) => workers,
-            None => std::thread::available_parallelism().map_or(1, usize::from),
+            }),
+            count => Ok(count),
         };
+        let max_connections = nonzero("max-connections", args.max_connections)?;
+        let workers = nonzero("workers", args.workers)?
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let fsync_interval = duration("spool-fsync-interval", &args.spool_fsync_interval)?;
         // Replayed segments become click events: nobody else may write there.
         crate::sink::check_spool_dir(&args.spool_dir).map_err(ConfigError::SpoolDir)?;
@@ -492,7 +486,7 @@ impl Config {
             click_id_param: args.click_id_param,
             visitor_cookie: !args.no_visitor_cookie,
             shutdown_timeout,
-            max_connections: args.max_connections,
+            max_connections,
             workers,
             header_read_timeout,
             idle_timeout,

@@ -111,18 +111,20 @@ impl Json {
         self.0.extend_from_slice(bytes);
     }
 
-    /// `,"name":"value"`: names are constants that need no escaping.
-    fn field(&mut self, name: &str, value: &str) {
+    /// `,"name":`: names are constants that need no escaping.
+    fn key(&mut self, name: &str) {
         self.raw(b",\"");
         self.raw(name.as_bytes());
         self.raw(b"\":");
+    }
+
+    fn field(&mut self, name: &str, value: &str) {
+        self.key(name);
         self.string(value);
     }
 
     fn optional_field(&mut self, name: &str, value: Option<&str>) {
-        self.raw(b",\"");
-        self.raw(name.as_bytes());
-        self.raw(b"\":");
+        self.key(name);
         self.optional_string(value);
     }
 

@@ -514,10 +514,7 @@ impl LoadCache {
         }
         let parsed =
             Destination::parse(url).map_err(|reason| invalid(format!("field `url`: {reason}")))?;
-        if self.destinations.len() >= Self::SHARED_MAX {
-            self.destinations.clear();
-        }
-        self.destinations.insert(hash, parsed.clone());
+        remember(&mut self.destinations, hash, parsed.clone());
         Ok(parsed)
     }
 
@@ -535,14 +532,20 @@ impl LoadCache {
         match self.deeplink_hosts.get(&hash) {
             Some(shared) if shared == &parsed => Ok(Some(shared.clone())),
             _ => {
-                if self.deeplink_hosts.len() >= Self::SHARED_MAX {
-                    self.deeplink_hosts.clear();
-                }
-                self.deeplink_hosts.insert(hash, parsed.clone());
+                remember(&mut self.deeplink_hosts, hash, parsed.clone());
                 Ok(Some(parsed))
             }
         }
     }
+}
+
+/// Keeps `value` under `hash` in a cache bounded to [`LoadCache::SHARED_MAX`]
+/// entries (full: started afresh).
+fn remember<T>(cache: &mut hashbrown::HashMap<u64, T>, hash: u64, value: T) {
+    if cache.len() >= LoadCache::SHARED_MAX {
+        cache.clear();
+    }
+    cache.insert(hash, value);
 }
 
 /// Parses one NDJSON line into a validated record.

@@ -189,8 +189,9 @@ impl<S> Timed<S> {
 
     /// Enforces the request-head deadline from now on (see the type's doc).
     pub fn enforce_head_timeout(&mut self, head: Duration) {
+        let now = Instant::now();
         self.head_timeout = Some(head);
-        self.head_deadline = Some(Instant::now() + head);
+        self.head_deadline = Some(now + head);
         self.answered = false;
         self.quarter = self.idle.min(head) / 4;
         self.idle_ticks = u32::try_from(
@@ -201,8 +202,7 @@ impl<S> Timed<S> {
         .unwrap_or(u32::MAX)
         .max(1);
         self.silent = 0;
-        let next = Instant::now() + self.quarter;
-        self.timer.as_mut().reset(next);
+        self.timer.as_mut().reset(now + self.quarter);
     }
 
     /// Whether the connection has been silent for `idle`, or its request head

@@ -113,16 +113,12 @@ impl Workers {
             threads,
         };
         for started in ready {
-            match started.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    workers.drain().await;
-                    return Err(error);
-                }
-                Err(_) => {
-                    workers.drain().await;
-                    anyhow::bail!("an edge worker ended while starting");
-                }
+            let started = started
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("an edge worker ended while starting")));
+            if let Err(error) = started {
+                workers.drain().await;
+                return Err(error);
             }
         }
         Ok(workers)
