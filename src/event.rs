@@ -55,7 +55,15 @@ impl ClickEvent<'_> {
     /// The event as compact JSON, fields in schema order: byte for byte what
     /// `serde_json::to_vec` of the derive writes.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Json(Vec::with_capacity(768));
+        let mut out = Vec::with_capacity(768);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// [`ClickEvent::to_json`] appended to `buf` (the worker's batch: no buffer of
+    /// its own per click).
+    pub fn write_json(&self, buf: &mut Vec<u8>) {
+        let mut out = Json(buf);
         out.raw(b"{\"v\":");
         out.number(u64::from(self.v));
         out.field("click_id", self.click_id);
@@ -99,14 +107,13 @@ impl ClickEvent<'_> {
         out.field("scheme", self.scheme);
         out.field("node", self.node);
         out.raw(b"}");
-        out.0
     }
 }
 
 /// A JSON output buffer with the few value kinds a click event has.
-struct Json(Vec<u8>);
+struct Json<'b>(&'b mut Vec<u8>);
 
-impl Json {
+impl Json<'_> {
     fn raw(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(bytes);
     }
@@ -255,9 +262,9 @@ fn needs_escape(b: u8) -> bool {
 }
 
 fn ts_millis<S: serde::Serializer>(ts: &OffsetDateTime, serializer: S) -> Result<S::Ok, S::Error> {
-    let mut out = Json(Vec::with_capacity(24));
-    out.timestamp(ts);
-    serializer.serialize_str(std::str::from_utf8(&out.0).expect("digits and punctuation"))
+    let mut text = Vec::with_capacity(24);
+    Json(&mut text).timestamp(ts);
+    serializer.serialize_str(std::str::from_utf8(&text).expect("digits and punctuation"))
 }
 
 #[cfg(test)]

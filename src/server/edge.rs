@@ -316,7 +316,9 @@ impl<B> Click<'_, B> {
         };
         // One visitor's clicks share a key, so they stay ordered on one partition.
         let key = visitor.unwrap_or(click_id);
-        self.state.sink.submit(key, event.to_json());
+        self.state
+            .sink
+            .submit_with(key, |buf| event.write_json(buf));
     }
 }
 

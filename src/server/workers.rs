@@ -173,8 +173,12 @@ impl Worker {
         sockets: WorkerSockets,
         started: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
     ) -> bool {
+        // The worker's click events collect in a batch of its own, handed to the
+        // event pump whenever the runtime is about to sleep (or the batch is full).
+        let sink = self.state.sink.clone();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(move || sink.flush_thread())
             .build()
         {
             Ok(runtime) => runtime,
@@ -186,8 +190,12 @@ impl Worker {
                 return false;
             }
         };
+        let sink = self.state.sink.clone();
+        sink.attach_thread();
         // Dropping the runtime at the end closes what the drain left open.
-        runtime.block_on(self.serve(sockets, started))
+        let in_time = runtime.block_on(self.serve(sockets, started));
+        sink.detach_thread();
+        in_time
     }
 
     async fn serve(

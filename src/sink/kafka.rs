@@ -79,7 +79,12 @@ impl LogEverySecond {
     /// Counts one occurrence; `Some(n)` when a line is due, `n` occurrences since the
     /// last one.
     pub(crate) fn tick(&self) -> Option<u64> {
-        let count = self.since_last.fetch_add(1, Ordering::Relaxed) + 1;
+        self.tick_n(1)
+    }
+
+    /// Counts `n` occurrences at once, as [`LogEverySecond::tick`].
+    pub(crate) fn tick_n(&self, n: u64) -> Option<u64> {
+        let count = self.since_last.fetch_add(n, Ordering::Relaxed) + n;
         let now_ms = (self.started.elapsed().as_millis() as u64).max(1);
         let last = self.last_ms.load(Ordering::Relaxed);
         let due = last == 0 || now_ms.saturating_sub(last) >= 1000;

@@ -1,6 +1,7 @@
 //! Where click events go once the redirect is answered: a bounded channel, the
 //! disk spool, then Kafka (see [`pipeline`]).
 
+pub mod batch;
 pub mod kafka;
 pub mod pipeline;
 pub mod spool;

@@ -1,10 +1,14 @@
-//! The event path: request → bounded channel → pump → spool → Kafka.
+//! The event path: request → the worker's batch → channel → pump → spool → Kafka.
 //!
-//! The request path only `try_send`s into a bounded channel and returns; a full
-//! channel (the pump stalled on a dead disk) is the one place an event is dropped
-//! there, counted and logged. One pump thread then, per batch:
+//! The request path writes its event, framed as the spool stores it, into its
+//! worker's batch ([`super::batch`]) and returns. The worker hands the batch over
+//! when its runtime is about to sleep or the batch is full; a channel holding
+//! [`CHANNEL_CAPACITY`] events already (the pump stalled on a dead disk) is the
+//! one place events are dropped there, counted and logged. One pump thread then,
+//! per turn:
 //!
-//! 1. appends the events to the spool and hands them to the operating system;
+//! 1. appends the batches to the spool, one write each, and hands them to the
+//!    operating system;
 //! 2. if nothing is waiting in the spool and the broker is not known to be down,
 //!    sends them to Kafka from memory ("live");
 //! 3. otherwise leaves them in the spool, from which they are replayed in order, at
@@ -17,27 +21,28 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tracing::{error, info, warn};
 
+use super::batch::{self, FrameBatch};
 use super::kafka::{Ack, BrokerHealth, Kafka, KafkaSettings, LogEverySecond};
-use super::spool::{Frame, Spool, SpoolError};
+use super::spool::{Appended, Frame, Spool, SpoolError};
 use super::SinkError;
 use crate::metrics::{EventResult, Metrics};
 
-/// Events the request path may hand over before the pump catches up: about a
+/// Events the workers may have handed over before the pump catches up: about a
 /// second of a busy node's clicks.
-const CHANNEL_CAPACITY: usize = 65_536;
+pub const CHANNEL_CAPACITY: usize = 65_536;
 /// How long the pump sleeps when the channel is empty: at most this much is added
 /// to an event's way to the spool (and to what a kill -9 can catch in the channel).
 const POLL_TICK: Duration = Duration::from_micros(500);
-/// Events the pump takes per batch.
-const BATCH: usize = 4096;
+/// Events the pump takes per turn, at least (whole batches).
+const TURN_EVENTS: usize = 4096;
 /// A segment is sealed at this size or age, so acknowledged events leave the disk.
 const SEGMENT_MAX_BYTES: u64 = 16 << 20;
 const SEGMENT_MAX_AGE: Duration = Duration::from_secs(1);
@@ -53,15 +58,15 @@ pub struct SpoolSettings {
     pub replay_rate: u64,
 }
 
-/// One click event on its way: keyed by visitor or click id (both 26 bytes).
-struct Event {
-    key: [u8; 26],
-    value: Vec<u8>,
-}
+/// Tells sinks apart on a worker thread (a test process runs several servers).
+static NEXT_SINK_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The handle the server holds.
 pub struct EventSink {
-    tx: Sender<Event>,
+    id: u64,
+    tx: Sender<FrameBatch>,
+    /// Events handed over and not yet taken by the pump: the channel's bound.
+    queued: Arc<AtomicUsize>,
     kafka: Arc<Kafka>,
     metrics: Arc<Metrics>,
     drops: LogEverySecond,
@@ -101,7 +106,9 @@ impl EventSink {
         }
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         let kafka = Kafka::start(kafka, metrics.clone(), ack_tx)?;
-        let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
+        // Bounded by events, counted in `queued`, not by batches.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let queued = Arc::new(AtomicUsize::new(0));
         let journal = Arc::new(JournalState {
             has_room: AtomicBool::new(true),
             writable: AtomicBool::new(true),
@@ -110,6 +117,7 @@ impl EventSink {
         let drain_ms = Arc::new(AtomicU64::new(0));
         let pump = Pump {
             rx,
+            queued: queued.clone(),
             acks: ack_rx,
             kafka: kafka.clone(),
             spool: opened,
@@ -140,7 +148,9 @@ impl EventSink {
                 })
             })?;
         Ok(Arc::new(EventSink {
+            id: NEXT_SINK_ID.fetch_add(1, Ordering::Relaxed),
             tx,
+            queued,
             kafka,
             metrics,
             drops: LogEverySecond::new(),
@@ -151,23 +161,56 @@ impl EventSink {
         }))
     }
 
-    /// Hands one event to the pump. Never blocks.
-    pub fn submit(&self, key: &str, value: Vec<u8>) {
-        let mut fixed = [0u8; 26];
-        let bytes = key.as_bytes();
-        let len = bytes.len().min(26);
-        fixed[..len].copy_from_slice(&bytes[..len]);
-        match self.tx.try_send(Event { key: fixed, value }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+    /// Adds one event, its value written in place by `write_value`, to this
+    /// thread's batch (on a thread that called [`EventSink::attach_thread`]; on
+    /// any other it is handed over alone). Never blocks.
+    pub fn submit_with(&self, key: &str, write_value: impl FnOnce(&mut Vec<u8>)) {
+        match batch::push(self.id, key.as_bytes(), write_value) {
+            Ok(None) => {}
+            Ok(Some(full)) => self.hand_over(full),
+            Err(error) => {
                 self.metrics.event(EventResult::Dropped, 1);
-                if let Some(dropped) = self.drops.tick() {
-                    error!(
-                        message = "Click events dropped: the event pump is not keeping up (disk stalled?).",
-                        dropped
-                    );
-                }
+                error!(message = "Click event dropped.", %error);
             }
+        }
+    }
+
+    /// This thread (an edge worker) batches its events from now on: call
+    /// [`EventSink::flush_thread`] whenever it is about to sleep, and
+    /// [`EventSink::detach_thread`] before it ends.
+    pub fn attach_thread(&self) {
+        batch::attach(self.id);
+    }
+
+    /// Hands this thread's batch to the pump, if it holds any event.
+    pub fn flush_thread(&self) {
+        if let Some(held) = batch::take(self.id) {
+            self.hand_over(held);
+        }
+    }
+
+    /// Hands over what this thread holds and stops batching on it.
+    pub fn detach_thread(&self) {
+        if let Some(held) = batch::detach(self.id) {
+            self.hand_over(held);
+        }
+    }
+
+    /// One channel operation per batch; a batch that would take the channel over
+    /// its bound is dropped whole, counted.
+    fn hand_over(&self, held: FrameBatch) {
+        let events = held.events();
+        let before = self.queued.fetch_add(events, Ordering::Relaxed);
+        if before + events <= CHANNEL_CAPACITY && self.tx.send(held).is_ok() {
+            return;
+        }
+        self.queued.fetch_sub(events, Ordering::Relaxed);
+        self.metrics.event(EventResult::Dropped, events as u64);
+        if let Some(dropped) = self.drops.tick_n(events as u64) {
+            error!(
+                message = "Click events dropped: the event pump is not keeping up (disk stalled?).",
+                dropped
+            );
         }
     }
 
@@ -262,7 +305,9 @@ const PURGE_WAIT: Duration = Duration::from_secs(2);
 const DISK_ROOM_AGAIN: u64 = 1 << 20;
 
 struct Pump {
-    rx: Receiver<Event>,
+    rx: Receiver<FrameBatch>,
+    /// Shared with the sink: events handed over and not yet taken.
+    queued: Arc<AtomicUsize>,
     acks: Receiver<Ack>,
     kafka: Arc<Kafka>,
     spool: Spool,
@@ -303,22 +348,31 @@ fn opaque(segment: u64, replayed: bool) -> usize {
 impl Pump {
     /// Runs until stopped; returns whether every event was acknowledged.
     fn run(mut self) -> bool {
-        let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+        let mut batches: Vec<FrameBatch> = Vec::new();
         let mut drain_deadline: Option<Instant> = None;
         loop {
             let mut stopping = self.stop.load(Ordering::SeqCst);
             // Poll on a short tick rather than block: a blocked receiver must be
-            // woken by every request that sends, and those wake-ups (a syscall and
-            // a context switch per click) cost more than the clicks' own work.
+            // woken by every hand-over, and those wake-ups (a syscall and a
+            // context switch each) cost more than the events' own work.
+            let mut took = 0;
             match self.rx.try_recv() {
-                Ok(event) => batch.push(event),
+                Ok(first) => {
+                    took += first.events();
+                    batches.push(first);
+                }
                 Err(TryRecvError::Empty) => thread::sleep(POLL_TICK),
                 // The sink is gone: nothing more can arrive.
                 Err(TryRecvError::Disconnected) => stopping = true,
             }
-            batch.extend(self.rx.try_iter().take(BATCH - batch.len()));
-            let took = batch.len();
-            self.append_and_send(&mut batch);
+            while took < TURN_EVENTS {
+                let Ok(next) = self.rx.try_recv() else { break };
+                took += next.events();
+                batches.push(next);
+            }
+            self.queued.fetch_sub(took, Ordering::Relaxed);
+            self.append_and_send(&batches);
+            batches.clear();
             self.take_acks();
             self.resend_failed();
             self.replay();
@@ -335,35 +389,59 @@ impl Pump {
         }
     }
 
-    fn append_and_send(&mut self, batch: &mut Vec<Event>) {
-        if batch.is_empty() {
+    fn append_and_send(&mut self, batches: &[FrameBatch]) {
+        if batches.is_empty() {
             return;
         }
         // Live only when nothing waits before these events and Kafka may take them.
         let mut live = !self.spool.has_backlog()
             && self.resend.is_empty()
             && self.kafka.health() != BrokerHealth::Down;
-        let mut appended = Vec::with_capacity(batch.len());
+        // Every event of the turn, and where it went on disk if it was appended.
+        let mut appended: Vec<(Option<Appended>, &[u8], &[u8])> = Vec::new();
         let mut failure = None;
-        let mut events = batch.drain(..);
-        for event in events.by_ref() {
-            match self.spool.append(&event.key, &event.value) {
-                Ok(at) => appended.push((at, event)),
-                Err(SpoolError::Full { .. }) => {
-                    self.drop_event("Click events dropped: the spool is full (--spool-max-bytes).")
+        for held in batches {
+            if failure.is_some() {
+                appended.extend(held.frames().map(|(key, value, _)| (None, key, value)));
+                continue;
+            }
+            match self.spool.append_frames(held.bytes()) {
+                Ok(placed) => appended.extend(
+                    held.frames()
+                        .map(|(key, value, end)| (Some(placed.frame_ending(end)), key, value)),
+                ),
+                // The batch does not fit whole: event by event, as many as fit.
+                Err((SpoolError::Full { .. }, _)) => {
+                    for (key, value, _) in held.frames() {
+                        if failure.is_some() {
+                            appended.push((None, key, value));
+                            continue;
+                        }
+                        match self.spool.append(key, value) {
+                            Ok(at) => appended.push((Some(at), key, value)),
+                            Err(SpoolError::Full { .. }) => self.drop_event(
+                                "Click events dropped: the spool is full (--spool-max-bytes).",
+                            ),
+                            Err(error) => {
+                                failure = Some(error);
+                                appended.push((None, key, value));
+                            }
+                        }
+                    }
                 }
-                Err(error) => {
-                    failure = Some((error, event));
-                    break;
+                Err((error, placed)) => {
+                    failure = Some(error);
+                    appended.extend(held.frames().map(|(key, value, end)| {
+                        (placed.map(|placed| placed.frame_ending(end)), key, value)
+                    }));
                 }
             }
         }
-        let failure = match (failure, self.spool.flush()) {
-            (Some((error, event)), _) => Some((error, Some(event))),
-            (None, Err(error)) => Some((error, None)),
-            (None, Ok(())) => None,
+        let failure = match failure {
+            Some(error) => Some(error),
+            None => self.spool.flush().err(),
         };
-        if let Some((error, failed_event)) = failure {
+        if let Some(error) = failure {
             self.journal.writable.store(false, Ordering::Relaxed);
             if let Some(errors) = self.spool_errors.tick() {
                 error!(message = "Cannot write the spool; events it could not take go to Kafka directly.", %error, errors);
@@ -372,34 +450,27 @@ impl Pump {
             // frames within it are on disk and replay from there (sending them
             // too would duplicate them); the rest exist only here.
             let mut spooled = 0;
-            let mut in_memory = Vec::new();
-            for (at, event) in appended {
-                if self.spool.holds(at) {
+            for (at, key, value) in appended {
+                if at.is_some_and(|at| self.spool.holds(at)) {
                     spooled += 1;
                 } else {
-                    in_memory.push(event);
+                    self.send_unspooled(key, value);
                 }
             }
             if spooled > 0 {
                 self.metrics.event(EventResult::Spooled, spooled);
             }
-            for event in in_memory.into_iter().chain(failed_event).chain(events) {
-                self.send_unspooled(&event.key, &event.value);
-            }
             return;
         }
         self.journal.writable.store(true, Ordering::Relaxed);
         let mut spooled = 0;
-        for (at, event) in appended {
-            let segment = at.segment;
+        for (at, key, value) in appended {
+            let segment = at.expect("appended: no write failed").segment;
             if live {
-                match self
-                    .kafka
-                    .try_send(&event.key, &event.value, opaque(segment, false))
-                {
+                match self.kafka.try_send(key, value, opaque(segment, false)) {
                     Ok(()) => {
                         self.metrics.event(EventResult::Queued, 1);
-                        let frame = Spool::frame_len(event.key.len(), event.value.len());
+                        let frame = Spool::frame_len(key.len(), value.len());
                         let record = self.spool.segment_mut(segment).expect("just appended");
                         record.sent_pos += frame;
                         record.sent += 1;

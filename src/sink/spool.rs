@@ -130,6 +130,23 @@ pub struct Appended {
     pub end: u64,
 }
 
+/// Where a run of frames was appended: its segment and the offset it begins at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub segment: u64,
+    pub start: u64,
+}
+
+impl Placed {
+    /// Where the frame ending `end` bytes into the run went.
+    pub fn frame_ending(self, end: usize) -> Appended {
+        Appended {
+            segment: self.segment,
+            end: self.start + end as u64,
+        }
+    }
+}
+
 /// What reading a segment finds, in order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -338,6 +355,39 @@ impl Spool {
         })
     }
 
+    /// Appends frames built by [`push_frame_with`] with one write (buffered until
+    /// [`Spool::flush`]); they fit whole or not at all. Returns where the first
+    /// begins; on a write error, where it would have begun too (frames of it
+    /// that reached the file before the error are replayed from there).
+    pub fn append_frames(&mut self, frames: &[u8]) -> Result<Placed, (SpoolError, Option<Placed>)> {
+        let len = frames.len() as u64;
+        if self.total_bytes + len > self.max_bytes {
+            let max_bytes = self.max_bytes;
+            return Err((SpoolError::Full { max_bytes }, None));
+        }
+        let id = self.active_segment().map_err(|error| (error, None))?;
+        let placed = Placed {
+            segment: id,
+            start: self.segments[&id].bytes,
+        };
+        let (_, writer) = self
+            .writer
+            .as_mut()
+            .expect("an active segment has a writer");
+        if let Err(source) = writer.write_all(frames) {
+            self.abandon_active();
+            return Err((self.io(source), Some(placed)));
+        }
+        let segment = self
+            .segments
+            .get_mut(&id)
+            .expect("the active segment is listed");
+        segment.bytes += len;
+        self.total_bytes += len;
+        self.dirty = true;
+        Ok(placed)
+    }
+
     /// Whether an appended frame is in its segment's file: after a failed flush
     /// abandoned the segment, only frames that ended within what reached the disk
     /// are (they will be replayed); the others are not.
@@ -528,16 +578,66 @@ impl Spool {
 /// Writes one frame; the caller checked the sizes (payload ≤ `MAX_PAYLOAD`, key
 /// ≤ 64 KiB).
 pub fn write_frame(writer: &mut impl Write, key: &[u8], value: &[u8]) -> io::Result<()> {
-    let payload_len = 2 + key.len() + value.len();
-    let mut crc = crc32c::crc32c(&(key.len() as u16).to_le_bytes());
-    crc = crc32c::crc32c_append(crc, key);
-    crc = crc32c::crc32c_append(crc, value);
-    writer.write_all(&MAGIC)?;
-    writer.write_all(&(payload_len as u32).to_le_bytes())?;
-    writer.write_all(&crc.to_le_bytes())?;
-    writer.write_all(&(key.len() as u16).to_le_bytes())?;
+    writer.write_all(&frame_head(key, value))?;
     writer.write_all(key)?;
     writer.write_all(value)
+}
+
+/// A frame's bytes before its key: magic, payload length, CRC, key length.
+fn frame_head(key: &[u8], value: &[u8]) -> [u8; HEADER + 2] {
+    let key_len = (key.len() as u16).to_le_bytes();
+    let mut crc = crc32c::crc32c(&key_len);
+    crc = crc32c::crc32c_append(crc, key);
+    crc = crc32c::crc32c_append(crc, value);
+    let mut head = [0u8; HEADER + 2];
+    head[..4].copy_from_slice(&MAGIC);
+    head[4..8].copy_from_slice(&((2 + key.len() + value.len()) as u32).to_le_bytes());
+    head[8..12].copy_from_slice(&crc.to_le_bytes());
+    head[12..].copy_from_slice(&key_len);
+    head
+}
+
+/// Appends one frame to `buf`, its value written in place by `write_value` (the
+/// head is filled in once the value's length and CRC are known), so a worker can
+/// build whole spool writes without a buffer per event. A frame over the sizes a
+/// segment accepts is taken back out and refused.
+pub fn push_frame_with(
+    buf: &mut Vec<u8>,
+    key: &[u8],
+    write_value: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), SpoolError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER + 2]);
+    buf.extend_from_slice(key);
+    write_value(buf);
+    let value_at = start + HEADER + 2 + key.len();
+    let payload_len = buf.len() - start - HEADER;
+    if payload_len > MAX_PAYLOAD || key.len() > u16::MAX as usize {
+        buf.truncate(start);
+        return Err(SpoolError::TooLarge(payload_len));
+    }
+    let head = frame_head(key, &buf[value_at..]);
+    buf[start..start + HEADER + 2].copy_from_slice(&head);
+    Ok(())
+}
+
+/// The frames of a buffer built by [`push_frame_with`]: each one's key, value,
+/// and the offset just past it in the buffer.
+pub fn built_frames(buf: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], usize)> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        let head = buf.get(pos..pos + HEADER + 2)?;
+        let payload_len = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) as usize;
+        let key_len = u16::from_le_bytes([head[12], head[13]]) as usize;
+        let key_at = pos + HEADER + 2;
+        let end = pos + HEADER + payload_len;
+        pos = end;
+        Some((
+            &buf[key_at..key_at + key_len],
+            &buf[key_at + key_len..end],
+            end,
+        ))
+    })
 }
 
 /// Reads the frames between byte offsets `from` and `to` of a segment file,
