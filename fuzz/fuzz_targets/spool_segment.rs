@@ -4,21 +4,27 @@
 //! end of the data; and intact frames written before the damage all come back.
 #![no_main]
 
-use clickedge::sink::spool::{parse_frames, write_frame, Frame};
+use clickedge::sink::spool::{parse_frames, push_frame_with, write_frame, Frame};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&records, damage)) = data.split_first() else {
         return;
     };
-    // Intact frames first (their keys and values cut from the input), then the
+    // Intact frames first (their keys and values cut from the input; written as
+    // the pump's single events and as the workers' batches build them), then the
     // input itself as damage.
     let mut segment = Vec::new();
     let mut written = Vec::new();
     for n in 0..usize::from(records % 8) {
         let value = damage.get(n * 7..(n * 7 + 13).min(damage.len())).unwrap_or_default();
         let key = format!("key-{n}");
-        write_frame(&mut segment, key.as_bytes(), value).unwrap();
+        if n % 2 == 0 {
+            write_frame(&mut segment, key.as_bytes(), value).unwrap();
+        } else {
+            push_frame_with(&mut segment, key.as_bytes(), |buf| buf.extend_from_slice(value))
+                .unwrap();
+        }
         written.push((key.into_bytes(), value.to_vec()));
     }
     let intact = segment.len() as u64;
