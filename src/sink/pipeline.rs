@@ -313,8 +313,8 @@ struct Pump {
     spool: Spool,
     metrics: Arc<Metrics>,
     settings: SpoolSettings,
-    /// Failed deliveries to send again: (opaque, key, value).
-    resend: VecDeque<(usize, Vec<u8>, Vec<u8>)>,
+    /// Failed deliveries to send again.
+    resend: VecDeque<(Delivery, Vec<u8>, Vec<u8>)>,
     /// Not before this are failed deliveries sent again.
     resend_after: Instant,
     /// The current wait after a failure; zero after a success.
@@ -337,12 +337,38 @@ struct Pump {
     drops: LogEverySecond,
 }
 
-/// The opaque of an event sent while the spool could not be written.
-const UNSPOOLED: usize = usize::MAX;
+/// What a message handed to Kafka is, for what its delivery report settles:
+/// it travels as the message's opaque and comes back with the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// A record of this journal segment, sent live or replayed from the backlog.
+    Journaled { segment: u64, replayed: bool },
+    /// An event the disk refused: only memory (librdkafka's queue or the pump's
+    /// resend queue) holds it.
+    Unspooled,
+}
 
-/// A message's opaque: its segment, and whether it was sent from the backlog.
-fn opaque(segment: u64, replayed: bool) -> usize {
-    ((segment as usize) << 1) | usize::from(replayed)
+impl Delivery {
+    /// The one place the token is packed: segment ids count up from 1 and never
+    /// reach `usize::MAX >> 1`, which is left to `Unspooled`.
+    fn opaque(self) -> usize {
+        match self {
+            Delivery::Journaled { segment, replayed } => {
+                ((segment as usize) << 1) | usize::from(replayed)
+            }
+            Delivery::Unspooled => usize::MAX,
+        }
+    }
+
+    fn from_opaque(opaque: usize) -> Delivery {
+        match opaque {
+            usize::MAX => Delivery::Unspooled,
+            packed => Delivery::Journaled {
+                segment: (packed >> 1) as u64,
+                replayed: packed & 1 == 1,
+            },
+        }
+    }
 }
 
 impl Pump {
@@ -465,15 +491,16 @@ impl Pump {
         self.journal.writable.store(true, Ordering::Relaxed);
         let mut spooled = 0;
         for (at, key, value) in appended {
-            let segment = at.expect("appended: no write failed").segment;
+            let at = at.expect("appended: no write failed");
             if live {
-                match self.kafka.try_send(key, value, opaque(segment, false)) {
+                let delivery = Delivery::Journaled {
+                    segment: at.segment,
+                    replayed: false,
+                };
+                match self.kafka.try_send(key, value, delivery.opaque()) {
                     Ok(()) => {
                         self.metrics.event(EventResult::Queued, 1);
-                        let frame = Spool::frame_len(key.len(), value.len());
-                        let record = self.spool.segment_mut(segment).expect("just appended");
-                        record.sent_pos += frame;
-                        record.sent += 1;
+                        self.spool.sent(at);
                         continue;
                     }
                     // Queue full or the like: this and what follows wait in the spool.
@@ -492,7 +519,10 @@ impl Pump {
     /// tracked in memory only: a failed delivery comes back whole and is tried on
     /// the disk again, then held for another send.
     fn send_unspooled(&mut self, key: &[u8], value: &[u8]) {
-        match self.kafka.try_send(key, value, UNSPOOLED) {
+        match self
+            .kafka
+            .try_send(key, value, Delivery::Unspooled.opaque())
+        {
             Ok(()) => {
                 self.unspooled_in_flight += 1;
                 self.metrics.event(EventResult::Queued, 1);
@@ -512,7 +542,7 @@ impl Pump {
             self.metrics.event(EventResult::Spooled, 1);
         } else if self.unspooled_held < MAX_HELD_UNSPOOLED {
             self.unspooled_held += 1;
-            self.resend.push_back((UNSPOOLED, key, value));
+            self.resend.push_back((Delivery::Unspooled, key, value));
         } else {
             self.drop_event(
                 "Click events dropped: neither the spool nor Kafka takes them, and the memory for them is full.",
@@ -549,24 +579,19 @@ impl Pump {
             failed |= ack.failed.is_some();
             fenced |= ack.fenced;
             succeeded |= ack.failed.is_none();
-            if ack.opaque == UNSPOOLED {
-                self.unspooled_in_flight = self.unspooled_in_flight.saturating_sub(1);
-                match ack.failed {
-                    None => self.metrics.event(EventResult::Delivered, 1),
-                    Some((key, value)) => {
-                        self.metrics.event(EventResult::Failed, 1);
-                        self.keep_unspooled(key, value);
-                    }
+            let delivery = Delivery::from_opaque(ack.opaque);
+            match (delivery, ack.failed) {
+                (Delivery::Unspooled, None) => {
+                    self.unspooled_in_flight = self.unspooled_in_flight.saturating_sub(1);
+                    self.metrics.event(EventResult::Delivered, 1);
                 }
-                continue;
-            }
-            let segment = (ack.opaque >> 1) as u64;
-            let replayed = ack.opaque & 1 == 1;
-            match ack.failed {
-                None => {
-                    if let Some(record) = self.spool.segment_mut(segment) {
-                        record.acked += 1;
-                    }
+                (Delivery::Unspooled, Some((key, value))) => {
+                    self.unspooled_in_flight = self.unspooled_in_flight.saturating_sub(1);
+                    self.metrics.event(EventResult::Failed, 1);
+                    self.keep_unspooled(key, value);
+                }
+                (Delivery::Journaled { segment, replayed }, None) => {
+                    self.spool.acknowledged(segment);
                     self.metrics.event(
                         if replayed {
                             EventResult::Replayed
@@ -576,9 +601,9 @@ impl Pump {
                         1,
                     );
                 }
-                Some((key, value)) => {
+                (Delivery::Journaled { .. }, Some((key, value))) => {
                     self.metrics.event(EventResult::Failed, 1);
-                    self.resend.push_back((ack.opaque, key, value));
+                    self.resend.push_back((delivery, key, value));
                 }
             }
         }
@@ -598,12 +623,12 @@ impl Pump {
         if self.kafka.health() == BrokerHealth::Down || Instant::now() < self.resend_after {
             return;
         }
-        while let Some((opaque, key, value)) = self.resend.front() {
-            if self.kafka.try_send(key, value, *opaque).is_err() {
+        while let Some((delivery, key, value)) = self.resend.front() {
+            if self.kafka.try_send(key, value, delivery.opaque()).is_err() {
                 return;
             }
             self.metrics.event(EventResult::Queued, 1);
-            if *opaque == UNSPOOLED {
+            if *delivery == Delivery::Unspooled {
                 self.unspooled_held -= 1;
                 self.unspooled_in_flight += 1;
             }
@@ -648,23 +673,25 @@ impl Pump {
                         message = "Corrupt or torn record in the spool skipped.",
                         segment, end
                     );
-                    self.spool.segment_mut(segment).expect("listed").sent_pos = end;
+                    self.spool.skipped(Appended { segment, end });
                 }
                 Frame::Record { key, value, end } => {
                     if rate > 0.0 && self.tokens < 1.0 {
                         return;
                     }
+                    let delivery = Delivery::Journaled {
+                        segment,
+                        replayed: true,
+                    };
                     if self
                         .kafka
-                        .try_send(&key, &value, opaque(segment, true))
+                        .try_send(&key, &value, delivery.opaque())
                         .is_err()
                     {
                         return;
                     }
                     self.metrics.event(EventResult::Queued, 1);
-                    let record = self.spool.segment_mut(segment).expect("listed");
-                    record.sent_pos = end;
-                    record.sent += 1;
+                    self.spool.sent(Appended { segment, end });
                     self.tokens -= 1.0;
                 }
             }
@@ -741,7 +768,7 @@ impl Pump {
             let resend = std::mem::take(&mut self.resend);
             resend
                 .into_iter()
-                .filter(|(opaque, _, _)| *opaque == UNSPOOLED)
+                .filter(|(delivery, _, _)| *delivery == Delivery::Unspooled)
                 .map(|(_, key, value)| (key, value))
                 .collect()
         };
@@ -782,5 +809,31 @@ impl Pump {
         // Segments are deleted only once acknowledged: what is pending stays.
         let _ = self.spool.remove_done();
         done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Delivery;
+
+    #[test]
+    fn a_delivery_token_comes_back_as_it_was_sent() {
+        for delivery in [
+            Delivery::Unspooled,
+            Delivery::Journaled {
+                segment: 1,
+                replayed: false,
+            },
+            Delivery::Journaled {
+                segment: 1,
+                replayed: true,
+            },
+            Delivery::Journaled {
+                segment: (usize::MAX >> 2) as u64,
+                replayed: true,
+            },
+        ] {
+            assert_eq!(Delivery::from_opaque(delivery.opaque()), delivery);
+        }
     }
 }

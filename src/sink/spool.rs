@@ -303,7 +303,8 @@ impl Spool {
     }
 
     /// The bytes a record with these key and value lengths takes on disk.
-    pub fn frame_len(key_len: usize, value_len: usize) -> u64 {
+    #[cfg(test)]
+    fn frame_len(key_len: usize, value_len: usize) -> u64 {
         (HEADER + 2 + key_len + value_len) as u64
     }
 
@@ -521,8 +522,27 @@ impl Spool {
         Ok(())
     }
 
-    pub fn segment_mut(&mut self, id: u64) -> Option<&mut Segment> {
-        self.segments.get_mut(&id)
+    /// The record ending at `at` was handed to Kafka; records are sent in order.
+    pub fn sent(&mut self, at: Appended) {
+        if let Some(segment) = self.segments.get_mut(&at.segment) {
+            segment.sent_pos = at.end;
+            segment.sent += 1;
+        }
+    }
+
+    /// The bytes of a segment up to `at` are not a record (torn or corrupt): there
+    /// is nothing to send.
+    pub fn skipped(&mut self, at: Appended) {
+        if let Some(segment) = self.segments.get_mut(&at.segment) {
+            segment.sent_pos = at.end;
+        }
+    }
+
+    /// Kafka acknowledged one record sent from `segment`.
+    pub fn acknowledged(&mut self, segment: u64) {
+        if let Some(segment) = self.segments.get_mut(&segment) {
+            segment.acked += 1;
+        }
     }
 
     /// The oldest segment with unsent bytes.
@@ -965,12 +985,14 @@ mod tests {
         let second = spool.append(b"k", &[b'y'; 90]).unwrap().segment;
         assert_ne!(first, second, "a full segment rotates");
         assert_eq!(spool.segment_count(), 2);
-        let segment = spool.segment_mut(first).unwrap();
-        assert!(segment.sealed);
-        segment.sent_pos = segment.bytes;
-        segment.sent = 1;
+        assert!(spool.segments[&first].sealed);
+        let end = spool.segments[&first].bytes;
+        spool.sent(Appended {
+            segment: first,
+            end,
+        });
         assert_eq!(spool.remove_done().unwrap(), 0, "not acknowledged yet");
-        spool.segment_mut(first).unwrap().acked = 1;
+        spool.acknowledged(first);
         assert_eq!(spool.remove_done().unwrap(), 1);
         assert_eq!(spool.segment_count(), 1);
         assert_eq!(
