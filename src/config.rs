@@ -7,31 +7,42 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser};
 
-use crate::consume::ConsumeArgs;
 use crate::links::{is_query_name, LinksSource};
 use crate::sink::{KafkaSettings, SpoolSettings};
 
-/// A click-redirect edge: link map -> 302 -> click event in Kafka.
+/// The edge's flags alone (the binary adds its subcommands around them).
 #[derive(Debug, Parser)]
-#[command(
-    name = "clickedge",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
+#[command(name = "clickedge")]
+struct EdgeArgs {
     #[command(flatten)]
-    pub run: RunArgs,
+    run: RunArgs,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Print a topic's messages (key, headers, value) as JSON lines.
-    Consume(ConsumeArgs),
+/// `--kafka-option`, declared once for the edge and `clickedge consume`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct KafkaOptions {
+    /// A librdkafka setting, `key=value` (repeatable; in the environment variable,
+    /// separate several with `;`), e.g. for SASL or TLS.
+    #[arg(
+        long = "kafka-option",
+        env = "CLICKEDGE_KAFKA_OPTION",
+        value_name = "KEY=VALUE",
+        value_delimiter = ';'
+    )]
+    pub kafka_options: Vec<String>,
+}
+
+impl KafkaOptions {
+    /// The settings as (key, value), empty entries skipped.
+    pub fn parsed(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.kafka_options
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| parse_kafka_option(o))
+            .collect()
+    }
 }
 
 /// The edge's flags, as given.
@@ -188,15 +199,8 @@ pub struct RunArgs {
     )]
     pub kafka_topic: String,
 
-    /// A librdkafka setting, `key=value` (repeatable; in the environment variable,
-    /// separate several with `;`).
-    #[arg(
-        long = "kafka-option",
-        env = "CLICKEDGE_KAFKA_OPTION",
-        value_name = "KEY=VALUE",
-        value_delimiter = ';'
-    )]
-    pub kafka_options: Vec<String>,
+    #[command(flatten)]
+    pub kafka_options: KafkaOptions,
 
     /// Written into every event as `node` (default: the host name).
     #[arg(long, env = "CLICKEDGE_NODE_ID", value_name = "ID")]
@@ -398,12 +402,7 @@ impl Config {
         if args.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err(ConfigError::AdminToken);
         }
-        let options = args
-            .kafka_options
-            .iter()
-            .filter(|o| !o.trim().is_empty())
-            .map(|o| parse_kafka_option(o))
-            .collect::<Result<Vec<_>, _>>()?;
+        let options = args.kafka_options.parsed()?;
 
         let node_id = match args.node_id {
             Some(id) => id,
@@ -502,12 +501,8 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let cli = Cli::try_parse_from(argv)?;
-        anyhow::ensure!(
-            cli.command.is_none(),
-            "a subcommand is not an edge configuration"
-        );
-        Ok(Config::from_args(cli.run)?)
+        let args = EdgeArgs::try_parse_from(argv)?;
+        Ok(Config::from_args(args.run)?)
     }
 }
 
@@ -523,7 +518,7 @@ fn is_topic_name(topic: &str) -> bool {
         && topic != ".."
 }
 
-pub(crate) fn parse_kafka_option(option: &str) -> Result<(String, String), ConfigError> {
+fn parse_kafka_option(option: &str) -> Result<(String, String), ConfigError> {
     match option.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => {
             Ok((key.trim().to_owned(), value.trim().to_owned()))

@@ -16,13 +16,14 @@ use anyhow::{bail, Context as _};
 use clap::builder::BoolishValueParser;
 use clap::Args;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 
-use crate::config::{parse_duration, parse_kafka_option};
+use crate::config::{parse_duration, KafkaOptions};
+use crate::sink::kafka::EndIsNotAnError;
 
 #[derive(Debug, Args, Clone)]
 pub struct ConsumeArgs {
@@ -52,31 +53,9 @@ pub struct ConsumeArgs {
     )]
     pub timeout: String,
 
-    /// A librdkafka setting, `key=value` (repeatable), e.g. for SASL or TLS.
-    #[arg(
-        long = "kafka-option",
-        env = "CLICKEDGE_KAFKA_OPTION",
-        value_name = "KEY=VALUE",
-        value_delimiter = ';'
-    )]
-    pub kafka_options: Vec<String>,
+    #[command(flatten)]
+    pub kafka_options: KafkaOptions,
 }
-
-/// Reaching the end of a partition is how this command knows it is done, not an
-/// error worth a log line; everything else librdkafka reports is logged.
-pub(crate) struct EndIsNotAnError;
-
-impl ClientContext for EndIsNotAnError {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let end =
-            error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
-        if !end {
-            tracing::warn!(message = "Kafka client error.", %error, reason);
-        }
-    }
-}
-
-impl ConsumerContext for EndIsNotAnError {}
 
 /// Prints the messages to `out`; returns how many were printed.
 pub fn run(args: &ConsumeArgs, out: &mut impl Write) -> anyhow::Result<u64> {
@@ -89,8 +68,7 @@ pub fn run(args: &ConsumeArgs, out: &mut impl Write) -> anyhow::Result<u64> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true");
-    for option in args.kafka_options.iter().filter(|o| !o.trim().is_empty()) {
-        let (key, value) = parse_kafka_option(option)?;
+    for (key, value) in args.kafka_options.parsed()? {
         config.set(key, value);
     }
     let consumer: BaseConsumer<EndIsNotAnError> = config

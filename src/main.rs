@@ -4,8 +4,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use clickedge::config::{Cli, Command};
+use clap::{Parser, Subcommand};
+use clickedge::config::RunArgs;
+use clickedge::consume::ConsumeArgs;
 use clickedge::links::LoadError;
 use clickedge::{Config, Server};
 
@@ -13,6 +14,27 @@ use clickedge::{Config, Server};
 const EXIT_CONFIG: u8 = 64;
 /// A links file that cannot become the map (sysexits EX_DATAERR).
 const EXIT_LINKS: u8 = 65;
+
+/// A click-redirect edge: link map -> 302 -> click event in Kafka.
+#[derive(Debug, Parser)]
+#[command(
+    name = "clickedge",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a topic's messages (key, headers, value) as JSON lines.
+    Consume(ConsumeArgs),
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

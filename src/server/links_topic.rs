@@ -25,8 +25,8 @@ use tracing::{error, info, warn};
 
 use super::reload::unix_millis;
 use super::AppState;
-use crate::consume::EndIsNotAnError;
 use crate::links::{parse_record, Change, RecordKey, TopicSnapshot};
+use crate::sink::kafka::EndIsNotAnError;
 use crate::sink::BrokerHealth;
 
 /// Changes are applied in batches: at most this many, or this long after the

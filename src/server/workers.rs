@@ -20,7 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::{accept_optional, admit, serve, serve_tls, AppState, Limits};
+use super::connection::{accept_optional, admit, serve, serve_tls};
+use super::{AppState, Limits};
 use crate::metrics::Listener;
 
 /// Binds `count` listening sockets to `address`, all in one `SO_REUSEPORT` group

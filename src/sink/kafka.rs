@@ -506,6 +506,23 @@ fn spawn_monitor(kafka: std::sync::Weak<Kafka>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// A consumer's context for readers that stop at a partition's end (`clickedge
+/// consume`, the links topic): reaching it is how they know they are done, not
+/// an error worth a log line; everything else librdkafka reports is logged.
+pub(crate) struct EndIsNotAnError;
+
+impl ClientContext for EndIsNotAnError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end =
+            error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !end {
+            tracing::warn!(message = "Kafka client error.", %error, reason);
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndIsNotAnError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
