@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::support::{free_port, request, BROWSER_UA};
+use crate::support::{free_port, mock_kafka, request, BROWSER_UA};
 
 /// The built binary, with the test environment's CLICKEDGE_* removed and a spool
 /// directory of its own (a fresh one per call; kept until the process exits).
@@ -489,8 +489,7 @@ fn sigint_drains_and_exits_zero_too() {
 
 #[test]
 fn consume_reports_a_missing_topic() {
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 1, 1).unwrap();
+    let (cluster, _) = mock_kafka(&[("clicks", 1)]);
     let (code, _, stderr) = run(binary().args([
         "consume",
         "--brokers",

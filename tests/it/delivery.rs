@@ -6,11 +6,9 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rdkafka::mocking::MockCluster;
-
 use crate::cli::Running;
 use crate::support::{
-    click_steadily, consume, missing_and_duplicates, sample, SmallDisk, TestEdge, LINKS,
+    click_steadily, consume, missing_and_duplicates, mock_kafka, sample, SmallDisk, TestEdge, LINKS,
 };
 
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -46,9 +44,7 @@ async fn read_back_within(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_under_steady_traffic_loses_no_click() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 3, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 3)]);
     let edge = TestEdge::start(LINKS, &["--kafka-brokers", &bootstrap]).await;
     edge.wait_ready().await;
 
@@ -88,10 +84,8 @@ async fn a_broker_outage_under_steady_traffic_loses_no_click() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_broker_down_keeps_the_clicks_for_the_next_start() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 3, 1).unwrap();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 3)]);
     cluster.broker_down(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
     let spool = tempfile::tempdir().unwrap();
     let spool_dir = spool.path().to_str().unwrap();
     let args = [
@@ -135,9 +129,7 @@ async fn sigterm_with_the_broker_down_keeps_the_clicks_for_the_next_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_traffic_loses_at_most_what_was_not_yet_written() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 3, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 3)]);
     let spool = tempfile::tempdir().unwrap();
     let spool_dir = spool.path().to_str().unwrap().to_owned();
 
@@ -171,10 +163,8 @@ async fn kill_9_under_traffic_loses_at_most_what_was_not_yet_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_torn_records_are_skipped_and_counted_the_rest_replays() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 3, 1).unwrap();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 3)]);
     cluster.broker_down(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
     let spool = tempfile::tempdir().unwrap();
     let spool_dir = spool.path().to_str().unwrap().to_owned();
     let edge = TestEdge::start(
@@ -252,9 +242,7 @@ async fn a_full_disk_loses_nothing_uncounted_and_duplicates_nothing() {
     let Some(disk) = SmallDisk::mount("512k") else {
         return;
     };
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 1, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 1)]);
     let spool = disk.path().join("spool");
     let spool_dir = spool.to_str().unwrap().to_owned();
     let args = [
@@ -355,9 +343,7 @@ async fn clicks_through_a_fenced_producer(
     errors: &[rdkafka::types::RDKafkaRespErr],
     before_start: bool,
 ) {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 1, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 1)]);
     if before_start {
         cluster.request_errors(api, errors);
     }

@@ -11,11 +11,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{free_port, have, TestEdge, BROWSER_UA, LINKS};
+use crate::support::{eventually, free_port, have, TestEdge, BROWSER_UA, LINKS};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
@@ -453,14 +453,19 @@ async fn prometheus_scrapes_the_edge_and_sees_the_clicks() {
     let series = r#"clickedge_requests_total{job="clickedge",type="tracking",outcome="redirect",status="302"}"#;
     // One click, and wait until Prometheus has it: the series starts at 1.
     assert_eq!(edge.get("acme.sjv.io", "/c/1/5678/9012").await.status, 302);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while query(&web, series).await != Some(1.0) {
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never scraped the edge"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let web_addr = &web;
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "Prometheus scraping the edge",
+        move || async move {
+            match query(web_addr, series).await {
+                Some(1.0) => Ok(()),
+                other => Err(format!("{series} = {other:?}")),
+            }
+        },
+    )
+    .await;
     // The rest over a few seconds, so several scrapes see the counter grow.
     const CLICKS: usize = 120;
     for n in 1..CLICKS {
@@ -470,20 +475,23 @@ async fn prometheus_scrapes_the_edge_and_sees_the_clicks() {
         }
     }
 
-    let (total, rate) = loop {
-        let total = query(&web, series).await;
-        let rate = query(&web, &format!("rate({series}[30s])")).await;
-        if let (Some(total), Some(rate)) = (total, rate) {
-            if total == CLICKS as f64 && rate > 0.0 {
-                break (total, rate);
+    let what = format!("Prometheus seeing the {CLICKS} clicks");
+    let (total, rate) = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        &what,
+        move || async move {
+            let total = query(web_addr, series).await;
+            let rate = query(web_addr, &format!("rate({series}[30s])")).await;
+            match (total, rate) {
+                (Some(total), Some(rate)) if total == CLICKS as f64 && rate > 0.0 => {
+                    Ok((total, rate))
+                }
+                _ => Err(format!("last: {total:?}, rate {rate:?}")),
             }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never saw the {CLICKS} clicks (last: {total:?}, rate {rate:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+        },
+    )
+    .await;
     assert_eq!(total, CLICKS as f64);
     // 120 clicks within ~5 s: the per-second rate over 30 s is a few per second.
     assert!(rate > 0.5 && rate < CLICKS as f64, "rate {rate}");

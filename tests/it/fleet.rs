@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::cli::Running;
-use crate::support::{consume_blocking, free_port, request, sample, BROWSER_UA, LINKS};
+use crate::support::{consume_blocking, eventually, free_port, request, sample, BROWSER_UA, LINKS};
 use crate::tansu::{
     create_topic, produce_to, require_tansu, start_broker, start_haproxy, Broker, KillOnDrop,
 };
@@ -375,15 +375,22 @@ fn p99(latencies: &mut [Duration]) -> Duration {
 
 /// Waits until the admin listener at `admin` answers `/readyz` with 200.
 async fn wait_ready(admin: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while request(admin, "GET", "localhost", "/readyz", &[])
-        .await
-        .status
-        != 200
-    {
-        assert!(Instant::now() < deadline, "{admin} never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{admin} ready");
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        &what,
+        || async {
+            match request(admin, "GET", "localhost", "/readyz", &[])
+                .await
+                .status
+            {
+                200 => Ok(()),
+                status => Err(status),
+            }
+        },
+    )
+    .await;
 }
 
 /// Waits until `node` answers `path` on `host` with a 302; how long that took.

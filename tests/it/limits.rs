@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cli::Running;
-use crate::support::{free_port, sample, TestEdge, LINKS};
+use crate::support::{eventually, free_port, sample, TestEdge, LINKS};
 
 const CLICK: &[u8] = b"GET /c/1/5678/9012 HTTP/1.1\r\nHost: acme.sjv.io\r\n\r\n";
 
@@ -520,16 +520,21 @@ async fn ten_thousand_idle_connections_do_not_slow_real_clicks() {
         idle.push(TcpStream::connect(&http).await.unwrap());
     }
     let active = format!("clickedge_connections_active{{listener=\"http\"}} {IDLE}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut metrics = String::new();
-    while !metrics.lines().any(|l| l == active) {
-        assert!(
-            Instant::now() < deadline,
-            "not all idle connections were taken: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        metrics = plain_get(&admin, "/metrics").await;
-    }
+    let (admin_addr, active) = (&admin, &active);
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "all idle connections taken",
+        move || async move {
+            let metrics = plain_get(admin_addr, "/metrics").await;
+            if metrics.lines().any(|l| l == active) {
+                Ok(())
+            } else {
+                Err(metrics)
+            }
+        },
+    )
+    .await;
 
     // Real clicks on fresh connections, one after another.
     let mut slowest = Duration::ZERO;

@@ -1,16 +1,16 @@
 //! SPEC §5: links change without a restart: reloads, the admin API, the links
 //! topic, and their precedence.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
 use crate::cli::Running;
 use crate::support::{
-    consume_blocking, request, request_with_body, sample, TestEdge, TestResponse, LINKS,
+    consume_blocking, eventually, mock_kafka, request, request_with_body, sample, TestEdge,
+    TestResponse, LINKS,
 };
 
 const TOKEN: &str = "test-token-0123456789";
@@ -312,26 +312,26 @@ fn produce(bootstrap: &str, topic: &str, messages: &[(&str, Option<&str>)]) {
 }
 
 async fn wait_status(edge: &TestEdge, host: &str, path: &str, status: u16) -> TestResponse {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = edge.get(host, path).await;
-        if r.status == status {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{host}{path} never answered {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{host}{path} answering {status}");
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        &what,
+        move || async move {
+            let r = edge.get(host, path).await;
+            if r.status == status {
+                Ok(r)
+            } else {
+                Err(format!("it answered {}", r.status))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_links_topic_upserts_deletes_and_outranks_the_file() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 1, 1).unwrap();
-    cluster.create_topic("links", 2, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (_cluster, bootstrap) = mock_kafka(&[("clicks", 1), ("links", 2)]);
     let file_fallback =
         r#"{"type":"fallback","host":"acme.sjv.io","url":"https://www.acme.com/from-topic"}"#;
     produce(
@@ -389,16 +389,13 @@ async fn the_links_topic_upserts_deletes_and_outranks_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_the_links_topic() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 1, 1).unwrap();
-    cluster.create_topic("links", 1, 1).unwrap();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 1), ("links", 1)]);
     produce(
         &cluster.bootstrap_servers(),
         "links",
         &[("vanity|new.pxf.io|fresh", Some(NEW_VANITY))],
     );
     cluster.broker_down(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
     let edge = TestEdge::start(
         LINKS,
         &[
@@ -463,10 +460,7 @@ async fn sighup_reloads_the_file() {
 /// misses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_in_every_version_never_misses_while_the_map_churns() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 1, 1).unwrap();
-    cluster.create_topic("links", 1, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (_cluster, bootstrap) = mock_kafka(&[("clicks", 1), ("links", 1)]);
     let edge = TestEdge::start(
         LINKS,
         &[
@@ -561,10 +555,7 @@ async fn a_link_in_every_version_never_misses_while_the_map_churns() {
 /// staleness goes back to 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_started_during_an_outage_is_ready_from_its_links_snapshot() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 1, 1).unwrap();
-    cluster.create_topic("links", 1, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 1), ("links", 1)]);
     let spool = tempfile::tempdir().unwrap();
     let spool_dir = spool.path().to_str().unwrap().to_owned();
     let args = [
@@ -656,11 +647,8 @@ async fn a_node_started_during_an_outage_is_ready_from_its_links_snapshot() {
 /// ready after the bound, says so loudly, and counts its links stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_start_without_broker_or_snapshot_serves_the_file_and_says_so() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 1, 1).unwrap();
-    cluster.create_topic("links", 1, 1).unwrap();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 1), ("links", 1)]);
     cluster.broker_down(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
     let args = [
         "--kafka-brokers",
         &bootstrap,

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 
 use crate::support::{
-    consume, missing_and_duplicates, request, sample, TestEdge, BROWSER_UA, LINKS,
+    consume, eventually, missing_and_duplicates, mock_kafka, request, sample, TestEdge, BROWSER_UA,
+    LINKS,
 };
 
 #[tokio::test]
@@ -113,10 +114,8 @@ async fn broker_down_small_spool(
     MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     TestEdge,
 ) {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 1, 1).unwrap();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 1)]);
     cluster.broker_down(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
     let mut argv = vec![
         "--kafka-brokers",
         &bootstrap,
@@ -187,13 +186,11 @@ async fn a_full_spool_is_not_ready_even_with_the_broker_up() {
 
 #[tokio::test]
 async fn shutdown_flushes_every_queued_event_to_the_broker() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 2, 1).unwrap();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 2)]);
     // Slow acks, so events are still in flight when shutdown begins.
     cluster
         .broker_round_trip_time(1, Duration::from_millis(300))
         .unwrap();
-    let bootstrap = cluster.bootstrap_servers();
     let edge = TestEdge::start(LINKS, &["--kafka-brokers", &bootstrap]).await;
     let mut ids = Vec::new();
     for _ in 0..200 {
@@ -218,9 +215,7 @@ async fn shutdown_flushes_every_queued_event_to_the_broker() {
 
 #[tokio::test]
 async fn draining_answers_503_on_readyz_and_refuses_new_clicks() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("clicks", 1, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 1)]);
     let mut edge = TestEdge::start(
         LINKS,
         &["--kafka-brokers", &bootstrap, "--shutdown-timeout", "3s"],
@@ -232,16 +227,21 @@ async fn draining_answers_503_on_readyz_and_refuses_new_clicks() {
     edge.get("acme.sjv.io", "/c/1/5678/9012").await;
     let started = Instant::now();
     let run = edge.begin_stop();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let r = edge.admin_get("/readyz").await;
-        if r.status == 503 {
-            assert_eq!(r.body, "not ready: shutting down\n");
-            break;
-        }
-        assert!(Instant::now() < deadline, "readyz never turned 503");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let r = eventually(
+        Duration::from_secs(3),
+        Duration::from_millis(20),
+        "readyz turning 503",
+        || async {
+            let r = edge.admin_get("/readyz").await;
+            if r.status == 503 {
+                Ok(r)
+            } else {
+                Err(r.status)
+            }
+        },
+    )
+    .await;
+    assert_eq!(r.body, "not ready: shutting down\n");
     assert!(
         tokio::net::TcpStream::connect(edge.http).await.is_err(),
         "the edge listener is closed while draining"

@@ -4,6 +4,7 @@
 //! code under test does not grade itself.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,6 +15,8 @@ use hyper::header::HeaderMap;
 use hyper_util::rt::TokioIo;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -175,15 +178,21 @@ impl TestEdge {
     /// Waits until `done` holds for `/metrics` (failing after 20 s, saying
     /// `what` never happened), and returns that page.
     pub async fn wait_for_metrics(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let metrics = self.metrics().await;
-            if done(&metrics) {
-                return metrics;
-            }
-            assert!(Instant::now() < deadline, "never {what}:\n{metrics}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (edge, done) = (self, &done);
+        eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            what,
+            move || async move {
+                let metrics = edge.metrics().await;
+                if done(&metrics) {
+                    Ok(metrics)
+                } else {
+                    Err(format!("\n{metrics}"))
+                }
+            },
+        )
+        .await
     }
 
     /// Waits until `/readyz` answers 200 (the broker answered for the topic).
@@ -193,15 +202,22 @@ impl TestEdge {
 
     /// Polls `/readyz` until it answers `status` (failing after 20 s).
     pub async fn wait_readyz(&self, status: u16) -> TestResponse {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = self.admin_get("/readyz").await;
-            if r.status == status {
-                return r;
-            }
-            assert!(Instant::now() < deadline, "/readyz never answered {status}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let edge = self;
+        let what = format!("/readyz answering {status}");
+        eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            &what,
+            move || async move {
+                let r = edge.admin_get("/readyz").await;
+                if r.status == status {
+                    Ok(r)
+                } else {
+                    Err(format!("it answered {} {}", r.status, r.body))
+                }
+            },
+        )
+        .await
     }
 }
 
@@ -581,4 +597,66 @@ impl Drop for SmallDisk {
             .arg(self.dir.path())
             .status();
     }
+}
+
+/// Tries `attempt` every `every` until it succeeds, for at most `within`; then
+/// fails, naming `what` never happened and what the last try saw (its `Err`).
+pub async fn eventually<T, E, Attempt, Tried>(
+    within: Duration,
+    every: Duration,
+    what: &str,
+    mut attempt: Attempt,
+) -> T
+where
+    E: std::fmt::Display,
+    Attempt: FnMut() -> Tried,
+    Tried: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "never {what} within {within:?}: {seen}"
+            ),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// [`eventually`] for a thread outside the runtime.
+pub fn eventually_blocking<T, E: std::fmt::Display>(
+    within: Duration,
+    every: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match attempt() {
+            Ok(done) => return done,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "never {what} within {within:?}: {seen}"
+            ),
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// librdkafka's mock cluster (one broker) with `topics` made (name, partitions),
+/// and its bootstrap address: for fault injection (`broker_down`, round-trip
+/// times, request errors). End-to-end tests use a real tansu broker instead.
+pub fn mock_kafka(
+    topics: &[(&str, i32)],
+) -> (MockCluster<'static, DefaultProducerContext>, String) {
+    let cluster = MockCluster::new(1).expect("a mock cluster");
+    for (topic, partitions) in topics {
+        cluster
+            .create_topic(topic, *partitions, 1)
+            .expect("a mock topic");
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    (cluster, bootstrap)
 }

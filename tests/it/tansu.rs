@@ -16,7 +16,8 @@ use rdkafka::ClientConfig;
 
 use crate::cli::{binary, Running};
 use crate::support::{
-    click_steadily, consume_blocking, free_port, missing_and_duplicates, request, BROWSER_UA,
+    click_steadily, consume_blocking, eventually, eventually_blocking, free_port,
+    missing_and_duplicates, request, BROWSER_UA,
 };
 
 fn tansu_binary() -> Option<PathBuf> {
@@ -85,14 +86,13 @@ fn spawn_broker(tansu: &PathBuf, port: u16, advertised: &str, extra: &[&str]) ->
         .spawn()
         .expect("tansu starts");
     let address = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&address).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tansu did not listen on {address}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let what = format!("tansu listening on {address}");
+    eventually_blocking(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        &what,
+        || std::net::TcpStream::connect(&address).map(drop),
+    );
     Broker { child, address }
 }
 
@@ -108,14 +108,13 @@ pub fn start_haproxy(config: &std::path::Path, port: u16) -> KillOnDrop {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "HAProxy does not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let what = format!("HAProxy listening on {port}");
+    eventually_blocking(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        &what,
+        || std::net::TcpStream::connect(("127.0.0.1", port)).map(drop),
+    );
     proxy
 }
 
@@ -366,18 +365,21 @@ async fn the_links_topic_upserts_and_deletes_through_a_real_broker() {
         .starts_with("https://www.acme.com/fresh?clickid="));
 
     produce_to(&broker.address, "links", "vanity|new.pxf.io|fresh", None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while request(http, "GET", "new.pxf.io", "/fresh", &[])
-        .await
-        .status
-        != 404
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the tombstone never deleted the link"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        "the tombstone deleting the link",
+        || async {
+            match request(http, "GET", "new.pxf.io", "/fresh", &[])
+                .await
+                .status
+            {
+                404 => Ok(()),
+                status => Err(status),
+            }
+        },
+    )
+    .await;
     assert_eq!(edge.terminate(), 0);
 }
 

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -16,7 +16,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::support::{TestEdge, BROWSER_UA, LINKS};
+use crate::support::{eventually, TestEdge, BROWSER_UA, LINKS};
 
 /// Accepts any certificate, but remembers the one the server presented, so a
 /// test can check which certificate SNI picked.
@@ -278,14 +278,13 @@ async fn certificates_reload_live_and_open_connections_continue() {
     write_pair(dir.path(), "new", &["new.example"]);
     std::fs::remove_file(dir.path().join("tracking.crt")).unwrap();
     std::fs::remove_file(dir.path().join("tracking.key")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while connect(https, "new.example", &[]).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the new certificate was never picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        "the new certificate picked up",
+        || async { connect(https, "new.example", &[]).await.map(drop) },
+    )
+    .await;
     assert!(
         connect(https, "acme.sjv.io", &[]).await.is_err(),
         "the removed certificate is gone"
