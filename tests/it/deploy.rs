@@ -223,7 +223,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 /// An edge exporting every metric family: TLS on (the certificate gauges) and a
 /// links topic (its staleness gauge exists only then).
 async fn edge_with_every_family() -> (TestEdge, tempfile::TempDir) {
-    let certs = crate::tls::cert_dir();
+    let certs = crate::support::tls::cert_dir();
     let edge = TestEdge::start(
         LINKS,
         &[

@@ -227,9 +227,10 @@ async fn an_unfinished_tls_handshake_is_closed_at_the_header_read_timeout() {
 #[tokio::test]
 async fn a_slow_head_over_tls_is_closed_at_the_header_read_timeout() {
     let (edge, _certs) = tls_edge(&["--header-read-timeout", "1s"]).await;
-    let (mut stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"http/1.1"])
-        .await
-        .unwrap();
+    let (mut stream, _) =
+        crate::support::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"http/1.1"])
+            .await
+            .unwrap();
     // One request answered, then a head that never ends, a byte every 100 ms.
     stream
         .write_all(b"GET /c/1/5678/9012 HTTP/1.1\r\nHost: acme.sjv.io\r\n\r\n")
@@ -275,7 +276,7 @@ async fn a_slow_head_over_tls_is_closed_at_the_header_read_timeout() {
 #[tokio::test]
 async fn an_http2_connection_outlives_the_header_read_timeout() {
     let (edge, _certs) = tls_edge(&["--header-read-timeout", "1s", "--idle-timeout", "30s"]).await;
-    let (stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
+    let (stream, _) = crate::support::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
         .await
         .unwrap();
     let (mut sender, connection) = h2::client::handshake(stream).await.unwrap();
@@ -297,7 +298,7 @@ async fn an_http2_connection_outlives_the_header_read_timeout() {
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_at_the_idle_timeout() {
     let (edge, _certs) = tls_edge(&["--idle-timeout", "1s"]).await;
-    let (stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
+    let (stream, _) = crate::support::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
         .await
         .unwrap();
     let (mut sender, connection) = h2::client::handshake(stream).await.unwrap();
@@ -317,7 +318,7 @@ async fn an_idle_http2_connection_is_closed_at_the_idle_timeout() {
 /// An edge with the HTTPS listener on (its certificates kept alive by the
 /// returned directory) and `extra` flags.
 async fn tls_edge(extra: &[&str]) -> (TestEdge, tempfile::TempDir) {
-    let dir = crate::tls::cert_dir();
+    let dir = crate::support::tls::cert_dir();
     let mut args = vec!["--tls-certs", dir.path().to_str().unwrap()];
     args.extend_from_slice(extra);
     (TestEdge::start(LINKS, &args).await, dir)
@@ -346,9 +347,10 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn rapid_reset_is_told_to_go_away_and_the_edge_keeps_serving() {
     let (edge, _certs) = tls_edge(&[]).await;
-    let (mut stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
-        .await
-        .unwrap();
+    let (mut stream, _) =
+        crate::support::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
+            .await
+            .unwrap();
 
     // Written by hand, as an attacker would: the preface, then streams opened and
     // reset at once (CVE-2023-44487).
@@ -373,10 +375,10 @@ async fn rapid_reset_is_told_to_go_away_and_the_edge_keeps_serving() {
     assert_eq!(goaway, Some(0xb), "no GOAWAY with ENHANCE_YOUR_CALM (0xb)");
 
     // A fresh client is served, and the reset streams were not all served as clicks.
-    let (stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
+    let (stream, _) = crate::support::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
         .await
         .unwrap();
-    let response = crate::tls::https_get(stream, "acme.sjv.io", "/c/1/5678/9012").await;
+    let response = crate::support::tls::https_get(stream, "acme.sjv.io", "/c/1/5678/9012").await;
     assert_eq!(response.status(), 302);
     let metrics = edge.metrics().await;
     let clicks = sample(
@@ -421,9 +423,10 @@ async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
 #[tokio::test]
 async fn streams_past_the_http2_limit_are_refused() {
     let (edge, _certs) = tls_edge(&[]).await;
-    let (mut stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
-        .await
-        .unwrap();
+    let (mut stream, _) =
+        crate::support::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
+            .await
+            .unwrap();
     // 101 requests whose bodies never end: each stream stays open, so the 101st
     // is one past the 100 the server allows.
     let block = click_header_block();
@@ -465,7 +468,7 @@ async fn streams_past_the_http2_limit_are_refused() {
 #[tokio::test]
 async fn a_header_list_over_the_limit_is_refused_on_http2() {
     let (edge, _certs) = tls_edge(&[]).await;
-    let (stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
+    let (stream, _) = crate::support::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
         .await
         .unwrap();
     let (mut sender, connection) = h2::client::handshake(stream).await.unwrap();
@@ -483,10 +486,10 @@ async fn a_header_list_over_the_limit_is_refused_on_http2() {
     };
     eprintln!("{outcome}");
     assert_eq!(outcome, "status 431 Request Header Fields Too Large");
-    let (stream, _) = crate::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
+    let (stream, _) = crate::support::tls::connect(edge.https.unwrap(), "acme.sjv.io", &[b"h2"])
         .await
         .unwrap();
-    let response = crate::tls::https_get(stream, "acme.sjv.io", "/c/1/5678/9012").await;
+    let response = crate::support::tls::https_get(stream, "acme.sjv.io", "/c/1/5678/9012").await;
     assert_eq!(response.status(), 302);
 }
 

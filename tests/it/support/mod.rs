@@ -25,6 +25,8 @@ use tokio::task::JoinHandle;
 
 use clickedge::{Config, Server};
 
+pub mod tls;
+
 /// Links used by most tests: every kind, windows, a 307, overrides.
 pub const LINKS: &str = r#"
 # tracking links on acme.sjv.io
