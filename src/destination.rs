@@ -199,13 +199,7 @@ fn push_host_pattern(text: &mut String, pattern: &str) -> Result<(), String> {
         Some(rest) => (true, rest),
         None => (false, lower.as_str()),
     };
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-        && !name.starts_with('.')
-        && !name.contains("..");
-    if !ok {
+    if !crate::host::is_host_name(name) {
         return Err(format!(
             "{pattern:?} is not a host name or `*.` wildcard (no scheme, port or path)"
         ));
@@ -264,25 +258,13 @@ pub fn accept_deeplink(candidate: &str, allowed: Option<&HostPatterns>) -> Optio
         return None;
     }
     let host = url.host_str()?;
-    let host = host.strip_suffix('.').unwrap_or(host);
+    let host = crate::host::without_trailing_dot(host);
     // The URL standard lets `*`, `,` and empty labels into a host; no real site
     // has them, and a pattern must not match what DNS would not resolve.
-    if !is_host_name(host) || !allowed.matches(host) {
+    if !crate::host::is_host_name(host) || !allowed.matches(host) {
         return None;
     }
     Destination::from_url(&url)
-}
-
-/// Dot-separated non-empty labels of letters, digits, `-` and `_` (as the URL
-/// parser leaves a host: lowercase, international names in punycode).
-fn is_host_name(host: &str) -> bool {
-    !host.is_empty()
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        })
 }
 
 #[cfg(test)]

@@ -3,20 +3,35 @@
 //! A request is resolved against an in-memory link map ([`links`]), answered with a
 //! redirect whose `Location` is built by [`destination`], and produces one click event
 //! ([`event`]) that goes to Kafka through a [`sink`] without the request ever waiting
-//! for it. [`server`] ties these together; `main.rs` is a thin shell around
-//! [`Config`] and [`Server`].
+//! for it. `main.rs` is a thin shell around [`Config`] and [`Server`].
+//!
+//! # Layout
+//! In the order a click flows through the modules:
+//!
+//! - [`config`]: flags → a validated [`Config`] (nothing bound or read yet).
+//! - `server`: the listeners, one worker thread and runtime per core, the
+//!   connection (admission, PROXY header, timeouts, TLS, HTTP/1.1 and 2), the
+//!   drain; `server::edge` the request path in phases: parse → decide (pure) →
+//!   render → emit → count.
+//! - [`host`]: host names normalized and checked in one place.
+//! - [`links`]: records, the map and `resolve`; [`destination`]: the `Location`.
+//! - [`click_id`], [`useragent`], [`event`]: the click's id, device and event.
+//! - [`sink`]: each worker's batch → the event pump → the spool (journal) → Kafka.
+//! - `metrics`: every metric, registered once per server.
+//! - [`tls`], [`signal`], [`consume`]: certificates, SIGTERM, the `consume` command.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-pub mod background;
+mod background;
 pub mod click_id;
 pub mod config;
 pub mod consume;
 pub mod destination;
 pub mod event;
+pub mod host;
 pub mod links;
-pub mod metrics;
-pub mod server;
+mod metrics;
+mod server;
 pub mod signal;
 pub mod sink;
 pub mod tls;

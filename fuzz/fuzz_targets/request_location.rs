@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(uri) = http::Uri::try_from(target) else {
         return;
     };
-    let Some(host) = clickedge::server::request::normalize_host(&host) else {
+    let Some(host) = clickedge::host::normalize(&host) else {
         return;
     };
     let Route::Redirect { link, .. } = resolve(map(), &host, uri.path(), 1_700_000_000_000) else {

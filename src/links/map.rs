@@ -98,7 +98,7 @@ pub struct LinkCounts {
 }
 
 impl LinkMap {
-    /// `host` must already be normalized (see `server::request::normalize_host`).
+    /// `host` must already be normalized (see `crate::host::normalize`).
     pub fn host(&self, host: &str) -> Option<&HostLinks> {
         self.hosts.get(host).map(|links| &**links)
     }

@@ -978,15 +978,8 @@ fn parse_slug(slug: &str) -> Result<Box<str>, RecordError> {
 
 /// A record's host: a DNS name (or IP literal), lowercased, trailing dot removed.
 fn normalize_record_host(host: &str) -> Result<Box<str>, RecordError> {
-    let trimmed = host.strip_suffix('.').unwrap_or(host);
-    let ok = !trimmed.is_empty()
-        && trimmed.len() <= 253
-        && trimmed
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-        && !trimmed.starts_with('.')
-        && !trimmed.contains("..");
-    if !ok {
+    let trimmed = crate::host::without_trailing_dot(host);
+    if trimmed.len() > 253 || !crate::host::is_host_name(trimmed) {
         return Err(invalid(format!(
             "field `host` {host:?} is not a host name (no scheme, port or path)"
         )));

@@ -23,7 +23,6 @@ use super::reload::{reload_links, ReloadError};
 use super::AppState;
 use crate::destination::IncomingQuery;
 use crate::links::{parse_record, resolve, LineError, RecordError, RecordKey, Route};
-use crate::server::request::normalize_host;
 
 /// The largest NDJSON body `PUT`/`DELETE /admin/links` take.
 const MAX_BODY: usize = 64 << 20;
@@ -336,7 +335,7 @@ fn resolve_url(state: &AppState, query: Option<&str>) -> Response<Body> {
             &json!({"error": format!("{target:?} is not an absolute URL")}),
         );
     };
-    let Some(host) = url.host_str().and_then(normalize_host) else {
+    let Some(host) = url.host_str().and_then(crate::host::normalize) else {
         return json_response(
             StatusCode::BAD_REQUEST,
             &json!({"error": format!("{target:?} has no host")}),

@@ -11,38 +11,13 @@ use crate::click_id::ClickId;
 /// The visitor cookie's name.
 pub const VISITOR_COOKIE: &str = "ce_vid";
 
-/// A `Host` value (or absolute-form authority) made comparable with record hosts:
-/// lowercase, no port, no trailing dot. `None` when there is no usable host.
-pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
-    let raw = raw.rsplit('@').next().unwrap_or(raw).trim();
-    let host = if raw.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop a port after them.
-        &raw[..=raw.find(']')?]
-    } else {
-        match raw.rfind(':') {
-            Some(colon) if raw[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..colon],
-            Some(_) => return None,
-            None => raw,
-        }
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
-        return None;
-    }
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(host.to_ascii_lowercase()))
-    } else {
-        Some(Cow::Borrowed(host))
-    }
-}
-
 /// The host a request is for: the absolute-form authority, else `Host`.
 pub fn request_host<B>(request: &Request<B>) -> Option<Cow<'_, str>> {
     let raw = match request.uri().authority() {
         Some(authority) => authority.as_str(),
         None => request.headers().get(HOST)?.to_str().ok()?,
     };
-    normalize_host(raw)
+    crate::host::normalize(raw)
 }
 
 /// A header as text, replacing bytes that are not UTF-8 rather than dropping it.
@@ -97,24 +72,6 @@ pub fn visitor_set_cookie(visitor: &str, secure: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_are_normalized() {
-        for (raw, want) in [
-            ("acme.sjv.io", Some("acme.sjv.io")),
-            ("ACME.sjv.IO", Some("acme.sjv.io")),
-            ("acme.sjv.io:8080", Some("acme.sjv.io")),
-            ("acme.sjv.io.", Some("acme.sjv.io")),
-            ("Acme.Sjv.Io.:443", Some("acme.sjv.io")),
-            ("[::1]:8080", Some("[::1]")),
-            ("user@acme.sjv.io", Some("acme.sjv.io")),
-            ("", None),
-            (":80", None),
-            ("acme:x", None),
-        ] {
-            assert_eq!(normalize_host(raw).as_deref(), want, "{raw:?}");
-        }
-    }
 
     fn request(headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::builder().uri("/");

@@ -1,9 +1,10 @@
-//! Where click events go once the redirect is answered: a bounded channel, the
-//! disk spool, then Kafka (see [`pipeline`]).
+//! Where click events go once the redirect is answered: the worker's batch
+//! (`batch`), a bounded channel, the event pump, the disk spool ([`spool`]),
+//! then Kafka (`pipeline`, `kafka`).
 
-pub mod batch;
-pub mod kafka;
-pub mod pipeline;
+mod batch;
+pub(crate) mod kafka;
+mod pipeline;
 pub mod spool;
 
 pub use kafka::{BrokerHealth, KafkaSettings};
