@@ -324,36 +324,10 @@ impl Spool {
     /// Appends one event to the active segment (buffered until [`Spool::flush`]).
     /// Returns where it went.
     pub fn append(&mut self, key: &[u8], value: &[u8]) -> Result<Appended, SpoolError> {
-        let payload_len = 2 + key.len() + value.len();
-        if payload_len > MAX_PAYLOAD || key.len() > u16::MAX as usize {
-            return Err(SpoolError::TooLarge(payload_len));
-        }
-        let frame_len = (HEADER + payload_len) as u64;
-        if self.total_bytes + frame_len > self.max_bytes {
-            return Err(SpoolError::Full {
-                max_bytes: self.max_bytes,
-            });
-        }
-        let id = self.active_segment()?;
-        let (_, writer) = self
-            .writer
-            .as_mut()
-            .expect("an active segment has a writer");
-        if let Err(source) = write_frame(writer, key, value) {
-            self.abandon_active();
-            return Err(self.io(source));
-        }
-        let segment = self
-            .segments
-            .get_mut(&id)
-            .expect("the active segment is listed");
-        segment.bytes += frame_len;
-        self.total_bytes += frame_len;
-        self.dirty = true;
-        Ok(Appended {
-            segment: id,
-            end: segment.bytes,
-        })
+        let mut frame = Vec::with_capacity(HEADER + 2 + key.len() + value.len());
+        push_frame_with(&mut frame, key, |buf| buf.extend_from_slice(value))?;
+        let placed = self.append_frames(&frame).map_err(|(error, _)| error)?;
+        Ok(placed.frame_ending(frame.len()))
     }
 
     /// Appends frames built by [`push_frame_with`] with one write (buffered until
