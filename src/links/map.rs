@@ -6,7 +6,8 @@ use std::sync::Arc;
 use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
-use super::record::{AppSite, Id, Link, LinkKind, Record, RecordKey};
+use super::key::RecordKey;
+use super::record::{AppSite, Id, Link, LinkKind, Record};
 
 /// Everything one host answers. Tracking links sit in a table hashed by their own
 /// `(campaign_id, ad_id)`, so the ids are stored once, in the link.
@@ -188,7 +189,7 @@ impl LinkMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::links::record::parse_record;
+    use crate::links::parse_record;
 
     #[test]
     fn upsert_replaces_by_key_and_remove_forgets() {

@@ -1,6 +1,8 @@
 //! Link records, the map they form, and how a request finds its record (SPEC §2).
 
+mod key;
 mod map;
+mod parse;
 mod record;
 mod resolve;
 mod snapshot;
@@ -9,11 +11,12 @@ mod store;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use key::RecordKey;
 pub use map::{HostLinks, LinkCounts, LinkMap};
-pub use record::{
-    is_query_name, is_valid_id, parse_record, parse_record_with, record_from_object, AppLink,
-    AppSite, Id, Link, LinkKind, LoadCache, Record, RecordError, RecordKey, RedirectStatus,
+pub use parse::{
+    is_query_name, is_valid_id, parse_record, parse_record_with, record_from_object, LoadCache,
 };
+pub use record::{AppLink, AppSite, Id, Link, LinkKind, Record, RecordError, RedirectStatus};
 pub use resolve::{resolve, AppSiteFile, Route};
 pub use snapshot::{SnapshotError, TopicSnapshot};
 pub use store::{Change, LinkStore};

@@ -4,7 +4,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::map::LinkMap;
-use super::record::{is_valid_id, AppSite, Link};
+use super::parse::is_valid_id;
+use super::record::{AppSite, Link};
 
 /// Which app-site association file was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{parse_record, RecordError, RecordKey};
 use super::store::Change;
+use super::{parse_record, RecordError, RecordKey};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TopicSnapshot {

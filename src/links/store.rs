@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use arc_swap::{ArcSwap, Guard};
 
 use super::map::LinkMap;
-use super::record::{Record, RecordKey};
+use super::{Record, RecordKey};
 
 /// One change on top of the file: a record, or `None` to delete the key.
 pub type Change = (RecordKey, Option<Record>);
