@@ -41,9 +41,9 @@ where
     let method = request.method().clone();
     match (path.as_str(), &method) {
         ("/metrics", &Method::GET) => {
-            if let Some(current_at) = &state.links_topic_current_at_ms {
+            if let Some(current_at) = &state.control.links_topic_current_at_ms {
                 let since = match current_at.load(Ordering::Relaxed) {
-                    0 => state.started_at_ms,
+                    0 => state.control.started_at_ms,
                     at => at,
                 };
                 let since_ms = (super::reload::unix_millis() - since).max(0);
@@ -52,7 +52,7 @@ where
                     .links_topic_lag((since_ms as f64 / 1000.0).floor());
             }
             let mut text = state.metrics.render();
-            if let Some(certs) = &state.certs {
+            if let Some(certs) = &state.control.certs {
                 certs.render_expiry(&mut text);
             }
             let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -117,13 +117,13 @@ where
 /// kept (the journal has room and its disk takes writes; the broker's state does
 /// not matter, events wait in the journal); not ready while draining.
 fn readiness(state: &AppState) -> Response<Body> {
-    if state.draining.load(Ordering::SeqCst) {
+    if state.control.draining.load(Ordering::SeqCst) {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: shutting down\n",
         );
     }
-    if !state.links_ready.load(Ordering::SeqCst) {
+    if !state.control.links_ready.load(Ordering::SeqCst) {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: links topic not read to its end yet\n",
@@ -146,7 +146,7 @@ fn readiness(state: &AppState) -> Response<Body> {
 }
 
 fn authorize<B>(state: &AppState, request: &Request<B>) -> Result<(), Refused> {
-    let Some(token_digest) = &state.admin_token_digest else {
+    let Some(token_digest) = &state.control.admin_token_digest else {
         return Err(Box::new(json_response(
             StatusCode::FORBIDDEN,
             &json!({"error": "the admin API is disabled: start the edge with --admin-token"}),
@@ -352,8 +352,12 @@ fn resolve_url(state: &AppState, query: Option<&str>) -> Response<Body> {
         Route::Redirect { link, partner_id } => {
             let query = IncomingQuery::parse(url.query());
             let mut location = String::new();
-            let deeplink =
-                link.write_location(&query, &state.click_id_param, "{click_id}", &mut location);
+            let deeplink = link.write_location(
+                &query,
+                &state.edge.click_id_param,
+                "{click_id}",
+                &mut location,
+            );
             let record = crate::links::Record::Link(link.clone());
             fields.insert("result".into(), json!("redirect"));
             fields.insert("type".into(), json!(link.kind.as_str()));

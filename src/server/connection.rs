@@ -163,8 +163,8 @@ fn spawn_connection<Speak, Spoken>(
         if let Some((stream, peer)) = proxied {
             let stream = limits::Timed::new(
                 stream,
-                state.timeouts.idle,
-                state.timeouts.send,
+                state.connection.timeouts.idle,
+                state.connection.timeouts.send,
                 metrics.clone(),
             );
             speak(state, stream, peer).await;
@@ -212,7 +212,7 @@ pub(super) fn serve_tls(
         accepted,
         Listener::Https,
         move |state, stream, peer| async move {
-            let timeouts = state.timeouts;
+            let timeouts = state.connection.timeouts;
             let tls = match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream))
                 .await
             {
@@ -259,9 +259,9 @@ pub(super) fn serve(
             let hyper_head_timer = match listener {
                 // Admin requests may take long to answer (a reload): hyper's
                 // timer stops at the head's end, the connection's would not.
-                Listener::Admin => Some(state.timeouts.header_read),
+                Listener::Admin => Some(state.connection.timeouts.header_read),
                 _ => {
-                    stream.enforce_head_timeout(state.timeouts.header_read);
+                    stream.enforce_head_timeout(state.connection.timeouts.header_read);
                     None
                 }
             };
@@ -280,17 +280,17 @@ async fn proxied(
     mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
 ) -> Option<(client_ip::PrefixedStream, SocketAddr)> {
-    if !state.proxy_protocol {
+    if !state.connection.proxy_protocol {
         return Some((client_ip::PrefixedStream::new(Vec::new(), stream), peer));
     }
     // With --trusted-proxies, only those may say who the client is.
-    let trusted = &state.trusted_proxies;
+    let trusted = &state.connection.trusted_proxies;
     if !trusted.is_empty() && !client_ip::is_trusted(trusted, peer.ip()) {
         warn!(message = "PROXY protocol connection from a peer outside --trusted-proxies; closed.", %peer);
         return None;
     }
     match tokio::time::timeout(
-        state.timeouts.header_read,
+        state.connection.timeouts.header_read,
         client_ip::read_proxy_header(&mut stream, peer),
     )
     .await

@@ -86,7 +86,7 @@ pub async fn ready_after(
     snapshot_current_at_ms: Option<i64>,
 ) {
     tokio::time::sleep(timeout).await;
-    if state.links_ready.swap(true, Ordering::SeqCst) {
+    if state.control.links_ready.swap(true, Ordering::SeqCst) {
         return;
     }
     match snapshot_current_at_ms {
@@ -208,7 +208,7 @@ fn consume(
 
     // Wait for the topic: the broker may be down at start.
     let partitions = loop {
-        if state.draining.load(Ordering::SeqCst) {
+        if state.control.draining.load(Ordering::SeqCst) {
             return Ok(());
         }
         match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
@@ -287,7 +287,7 @@ fn consume(
         let first_catch_up = current && !said_caught_up;
         if first_catch_up {
             said_caught_up = true;
-            state.links_ready.store(true, Ordering::SeqCst);
+            state.control.links_ready.store(true, Ordering::SeqCst);
             info!(
                 message = "Links topic read to its end; ready.",
                 topic,
@@ -298,11 +298,11 @@ fn consume(
         if current && state.sink.broker_health() == BrokerHealth::Up {
             let now = unix_millis();
             reader.snapshot.current_at_ms = Some(now);
-            if let Some(at) = &state.links_topic_current_at_ms {
+            if let Some(at) = &state.control.links_topic_current_at_ms {
                 at.store(now, Ordering::Relaxed);
             }
         }
-        let stopping = state.draining.load(Ordering::SeqCst);
+        let stopping = state.control.draining.load(Ordering::SeqCst);
         reader.maybe_write(stopping || first_catch_up);
         if stopping {
             return Ok(());

@@ -87,11 +87,46 @@ const LINKS_TOPIC_STOP: Duration = Duration::from_secs(3);
 /// The admin listener outlives the edge's drain by at most this, to answer probes.
 const ADMIN_DRAIN: Duration = Duration::from_secs(2);
 
-/// What every request handler shares. Reads never wait: the map is an `ArcSwap`
-/// snapshot and everything else is immutable or atomic.
+/// What the listeners share, grouped by who reads it. Reads never wait: the map
+/// is an `ArcSwap` snapshot and everything else is immutable or atomic.
 pub struct AppState {
     /// The live link map; a request keeps the snapshot it started with.
     pub links: LinkStore,
+    pub metrics: Arc<Metrics>,
+    /// Where click events go: the spool and Kafka, never waited for.
+    pub sink: Arc<EventSink>,
+    /// What the edge's request path reads.
+    pub edge: EdgeSettings,
+    /// What a connection needs before its requests are read.
+    pub connection: ConnectionSettings,
+    /// What the admin listener, the reloads and the drain own.
+    pub control: Control,
+}
+
+/// The edge's request path: how a click is answered and recorded.
+pub struct EdgeSettings {
+    pub classifier: Classifier,
+    pub node_id: Box<str>,
+    /// `--click-id-param`, unless a record overrides it.
+    pub click_id_param: Box<str>,
+    /// False with `--no-visitor-cookie`.
+    pub visitor_cookie: bool,
+}
+
+/// A connection, from admission to its requests.
+pub struct ConnectionSettings {
+    /// Peers whose forwarding headers (and PROXY headers) are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `--client-ip-header`: the one forwarding header believed.
+    pub client_ip_header: crate::config::ClientIpHeader,
+    /// Every edge connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// `--header-read-timeout`, `--idle-timeout` and `--send-timeout`.
+    pub timeouts: Timeouts,
+}
+
+/// The admin listener's, the reloads' and the drain's state.
+pub struct Control {
     /// Where reloads read from, and whether they are strict.
     pub links_source: LinksSource,
     pub strict: bool,
@@ -111,27 +146,10 @@ pub struct AppState {
     /// SHA-256 of `--admin-token` (the token itself is not kept); `None` turns
     /// the admin API off (403).
     pub admin_token_digest: Option<[u8; 32]>,
-    pub metrics: Arc<Metrics>,
-    /// Where click events go: the spool and Kafka, never waited for.
-    pub sink: Arc<EventSink>,
-    pub classifier: Classifier,
-    pub node_id: Box<str>,
-    /// `--click-id-param`, unless a record overrides it.
-    pub click_id_param: Box<str>,
-    /// False with `--no-visitor-cookie`.
-    pub visitor_cookie: bool,
     /// Set at the start of shutdown: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
     /// The certificates of the HTTPS listener, when TLS is on.
     pub certs: Option<Arc<CertStore>>,
-    /// Peers whose forwarding headers (and PROXY headers) are believed.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// `--client-ip-header`: the one forwarding header believed.
-    pub client_ip_header: crate::config::ClientIpHeader,
-    /// Every edge connection starts with a PROXY protocol header.
-    pub proxy_protocol: bool,
-    /// `--header-read-timeout`, `--idle-timeout` and `--send-timeout`.
-    pub timeouts: Timeouts,
 }
 
 /// How long a client may take, per connection.
@@ -227,30 +245,36 @@ impl Server {
         });
         let state = Arc::new(AppState {
             links: LinkStore::new(loaded.map),
-            links_source: config.links.clone(),
-            strict: config.strict,
-            reload_lock: Mutex::new(()),
-            links_ready: AtomicBool::new(links_topic.is_none()),
-            links_topic_current_at_ms: links_topic
-                .as_ref()
-                .map(|t| AtomicI64::new(t.snapshot.current_at_ms.unwrap_or(0))),
-            started_at_ms: reload::unix_millis(),
-            admin_token_digest: config.admin_token.as_deref().map(admin::admin_token_digest),
             metrics,
             sink,
-            classifier: Classifier::new(),
-            node_id: config.node_id.into(),
-            click_id_param: config.click_id_param.into(),
-            visitor_cookie: config.visitor_cookie,
-            draining: AtomicBool::new(false),
-            certs,
-            trusted_proxies: config.trusted_proxies,
-            client_ip_header: config.client_ip_header,
-            proxy_protocol: config.proxy_protocol,
-            timeouts: Timeouts {
-                header_read: config.header_read_timeout,
-                idle: config.idle_timeout,
-                send: config.send_timeout,
+            edge: EdgeSettings {
+                classifier: Classifier::new(),
+                node_id: config.node_id.into(),
+                click_id_param: config.click_id_param.into(),
+                visitor_cookie: config.visitor_cookie,
+            },
+            connection: ConnectionSettings {
+                trusted_proxies: config.trusted_proxies,
+                client_ip_header: config.client_ip_header,
+                proxy_protocol: config.proxy_protocol,
+                timeouts: Timeouts {
+                    header_read: config.header_read_timeout,
+                    idle: config.idle_timeout,
+                    send: config.send_timeout,
+                },
+            },
+            control: Control {
+                links_source: config.links.clone(),
+                strict: config.strict,
+                reload_lock: Mutex::new(()),
+                links_ready: AtomicBool::new(links_topic.is_none()),
+                links_topic_current_at_ms: links_topic
+                    .as_ref()
+                    .map(|t| AtomicI64::new(t.snapshot.current_at_ms.unwrap_or(0))),
+                started_at_ms: reload::unix_millis(),
+                admin_token_digest: config.admin_token.as_deref().map(admin::admin_token_digest),
+                draining: AtomicBool::new(false),
+                certs,
             },
         });
         let edge_listeners = if https.is_some() { 2 } else { 1 };
@@ -350,7 +374,7 @@ impl Server {
             ));
         }
         let reloads = tokio::spawn(reload_on_hangup(state.clone()));
-        if let Some(store) = &state.certs {
+        if let Some(store) = &state.control.certs {
             let watching = state.clone();
             crate::tls::watch(store.clone(), Duration::from_secs(2), move |outcome| {
                 record_cert_reload(&watching, outcome);
@@ -374,7 +398,7 @@ impl Server {
             kafka = %state.sink.bootstrap(),
             topic = %state.sink.topic(),
             links = state.links.load().len(),
-            links_topic = if state.links_ready.load(Ordering::SeqCst) { "none" } else { "reading" },
+            links_topic = if state.control.links_ready.load(Ordering::SeqCst) { "none" } else { "reading" },
         );
         let upkeep = tokio::spawn(metrics_upkeep(state.metrics.clone()));
         let admin_connections = GracefulShutdown::new();
@@ -384,7 +408,7 @@ impl Server {
         // Closed before /readyz turns 503: once a probe sees the drain, new
         // connections are refused.
         edge.stop_accepting().await;
-        state.draining.store(true, Ordering::SeqCst);
+        state.control.draining.store(true, Ordering::SeqCst);
         info!(message = "Draining: no new connections; finishing in-flight requests.");
         // Keep answering probes (503) while the edge drains.
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -475,7 +499,7 @@ fn reload_on_hangup(state: Arc<AppState>) -> impl Future<Output = ()> + Send {
                 // The outcomes are logged and counted where they happen.
                 let _ = tokio::task::spawn_blocking(move || {
                     let _ = reload::reload_links(&reloading);
-                    if let Some(store) = &reloading.certs {
+                    if let Some(store) = &reloading.control.certs {
                         record_cert_reload(&reloading, store.reload());
                     }
                 })

@@ -22,18 +22,18 @@ pub struct ReloadError(pub LoadError);
 /// Loads the links file again and swaps it in. Blocking: call it off the runtime.
 pub fn reload_links(state: &AppState) -> Result<ReloadReport, ReloadError> {
     // One reload at a time; requests never take this lock.
-    let _reloading = state.reload_lock.lock().expect("reload lock");
+    let _reloading = state.control.reload_lock.lock().expect("reload lock");
     let loaded = crate::background::run_at_low_priority("links-reload", || {
-        state.links_source.load(state.strict)
+        state.control.links_source.load(state.control.strict)
     });
     match loaded {
         Ok(loaded) => {
-            log_skipped(&state.links_source, &loaded.invalid);
+            log_skipped(&state.control.links_source, &loaded.invalid);
             let map = state.links.replace_file(loaded.map);
             state.metrics.links_loaded(map.counts(), unix_seconds());
             info!(
                 message = "Links reloaded.",
-                source = %state.links_source,
+                source = %state.control.links_source,
                 records = map.len(),
                 invalid = loaded.invalid.len()
             );
@@ -46,7 +46,7 @@ pub fn reload_links(state: &AppState) -> Result<ReloadReport, ReloadError> {
             state.metrics.links_load_failed();
             error!(
                 message = "Links reload failed; the previous links stay in service.",
-                source = %state.links_source,
+                source = %state.control.links_source,
                 error = %load_error
             );
             Err(ReloadError(load_error))

@@ -8,7 +8,7 @@ mod pipeline;
 pub mod spool;
 
 pub use kafka::{BrokerHealth, KafkaSettings};
-pub use pipeline::{EventSink, NotKept, SpoolSettings};
+pub use pipeline::{ClickSink, EventSink, NotKept, SpoolSettings};
 pub use spool::{check_spool_dir, SpoolError};
 
 #[derive(Debug, thiserror::Error)]

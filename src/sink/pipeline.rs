@@ -58,6 +58,21 @@ pub struct SpoolSettings {
     pub replay_rate: u64,
 }
 
+/// Where the edge hands a click's event: the seam between the request path and
+/// the event pipeline. The server's is [`EventSink`]; unit tests of the request
+/// path keep the events in memory.
+pub trait ClickSink: Send + Sync {
+    /// Adds one event keyed by `key` (the visitor or click id), its bytes written
+    /// in place by `write`. Never blocks.
+    fn submit(&self, key: &str, write: &mut dyn FnMut(&mut Vec<u8>));
+}
+
+impl ClickSink for EventSink {
+    fn submit(&self, key: &str, write: &mut dyn FnMut(&mut Vec<u8>)) {
+        self.submit_with(key, write);
+    }
+}
+
 /// Tells sinks apart on a worker thread (a test process runs several servers).
 static NEXT_SINK_ID: AtomicU64 = AtomicU64::new(1);
 

@@ -25,10 +25,11 @@ use super::client_ip::Client;
 use super::request::{
     asks_not_to_be_tracked, header_text, request_host, visitor_cookie, visitor_set_cookie,
 };
-use super::{interstitial, AppState};
+use super::{interstitial, AppState, EdgeSettings};
 use crate::click_id::ClickId;
 use crate::event::ClickEvent;
 use crate::links::LinkKind;
+use crate::sink::ClickSink;
 
 const ROBOTS_TXT: &str = "User-agent: *\nDisallow: /";
 /// A `HeaderName` made once: from a `&str`, every insert allocated and parsed it.
@@ -46,16 +47,16 @@ pub fn handle<B>(
     secure: bool,
 ) -> Response<Body> {
     let started = Instant::now();
-    let facts = parse(state, request);
+    let facts = parse(&state.edge, request);
     let map = state.links.load();
     let now = facts.now;
     let answer = decide(
         &facts,
         &map,
         Settings {
-            click_id_param: &state.click_id_param,
+            click_id_param: &state.edge.click_id_param,
         },
-        &state.classifier,
+        &state.edge.classifier,
         || ClickId::generate(now),
     );
     let response = match &answer {
@@ -66,12 +67,12 @@ pub fn handle<B>(
                 peer.ip(),
                 secure,
                 request.headers(),
-                &state.trusted_proxies,
-                state.client_ip_header,
+                &state.connection.trusted_proxies,
+                state.connection.client_ip_header,
             );
             let response = render_click(click, &client);
             if click.recorded {
-                emit(state, request, &facts, click, &client);
+                emit(&state.edge, &*state.sink, request, &facts, click, &client);
             }
             response
         }
@@ -88,8 +89,8 @@ pub fn handle<B>(
 }
 
 /// What the decision needs from the request.
-fn parse<'r, B>(state: &AppState, request: &'r Request<B>) -> Facts<'r> {
-    let visitor = if !state.visitor_cookie || asks_not_to_be_tracked(request) {
+fn parse<'r, B>(settings: &EdgeSettings, request: &'r Request<B>) -> Facts<'r> {
+    let visitor = if !settings.visitor_cookie || asks_not_to_be_tracked(request) {
         VisitorFact::NotTracked
     } else {
         visitor_cookie(request).map_or(VisitorFact::Unknown, VisitorFact::Known)
@@ -182,7 +183,8 @@ fn render_click(click: &ClickAnswer<'_, '_>, client: &Client) -> Response<Body> 
 
 /// The click's event, to the sink.
 fn emit<B>(
-    state: &AppState,
+    settings: &EdgeSettings,
+    sink: &dyn ClickSink,
     request: &Request<B>,
     facts: &Facts<'_>,
     click: &ClickAnswer<'_, '_>,
@@ -227,11 +229,11 @@ fn emit<B>(
         os: click.client.os.as_str(),
         bot: click.client.bot,
         scheme: if client.https { "https" } else { "http" },
-        node: &state.node_id,
+        node: &settings.node_id,
     };
     // One visitor's clicks share a key, so they stay ordered on one partition.
     let key = visitor.unwrap_or(click_id);
-    state.sink.submit_with(key, |buf| event.write_json(buf));
+    sink.submit(key, &mut |buf| event.write_json(buf));
 }
 
 /// A redirect with an empty body; `location` is visible ASCII (request targets and
@@ -255,4 +257,162 @@ pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The phases after the decision, without sockets or Kafka: the response's
+/// headers and the event, field by field, from an in-memory sink (the socket
+/// and Kafka tests in `tests/it` keep the wire).
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::links::load_str;
+    use crate::useragent::Classifier;
+
+    /// Keeps each event's key and JSON.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<(String, serde_json::Value)>>);
+
+    impl ClickSink for Kept {
+        fn submit(&self, key: &str, write: &mut dyn FnMut(&mut Vec<u8>)) {
+            let mut bytes = Vec::new();
+            write(&mut bytes);
+            let event = serde_json::from_slice(&bytes).expect("the event is JSON");
+            self.0.lock().unwrap().push((key.to_owned(), event));
+        }
+    }
+
+    const LINKS: &str = r#"{"type":"tracking","host":"acme.sjv.io","campaign_id":"9012","ad_id":"5678","url":"https://www.acme.com/summer?utm_source=impact"}"#;
+    const VISITOR: &str = "01HZY8X6Q6A1B2C3D4E5F6G7HA";
+
+    /// The request through every phase; the response and what the sink kept.
+    fn click(
+        request: Request<()>,
+        visitor_cookie: bool,
+        secure: bool,
+    ) -> (Response<Body>, Vec<(String, serde_json::Value)>) {
+        let settings = EdgeSettings {
+            classifier: Classifier::new(),
+            node_id: "node-7".into(),
+            click_id_param: "clickid".into(),
+            visitor_cookie,
+        };
+        let map = load_str(LINKS, "test", true).unwrap().map;
+        let facts = parse(&settings, &request);
+        let now = facts.now;
+        let settings_ref = Settings {
+            click_id_param: &settings.click_id_param,
+        };
+        let answer = decide(&facts, &map, settings_ref, &settings.classifier, || {
+            ClickId::generate(now)
+        });
+        let Answer::Click(answer) = answer else {
+            panic!("not a click: {answer:?}")
+        };
+        let client = Client {
+            ip: "203.0.113.9".parse().unwrap(),
+            https: secure,
+        };
+        let response = render_click(&answer, &client);
+        let sink = Kept::default();
+        if answer.recorded {
+            emit(&settings, &sink, &request, &facts, &answer, &client);
+        }
+        (response, sink.0.into_inner().unwrap())
+    }
+
+    #[test]
+    fn a_click_is_answered_and_its_event_says_what_happened() {
+        let request = Request::get("/c/1234/5678/9012?subId1=a&sharedid=s&color=red")
+            .header("host", "Acme.sjv.io:443")
+            .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36")
+            .header("referer", "https://partner.example/post")
+            .header("accept-language", "de-DE")
+            .body(())
+            .unwrap();
+        let (response, events) = click(request, true, true);
+        assert_eq!(response.status(), 302);
+        let headers = response.headers();
+        assert_eq!(headers[CACHE_CONTROL], "no-store");
+        assert_eq!(headers[X_ROBOTS_TAG], "noindex");
+        let location = headers[LOCATION].to_str().unwrap();
+        let cookie = headers[SET_COOKIE].to_str().unwrap();
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+
+        let [(key, event)] = &events[..] else {
+            panic!("one event: {events:?}")
+        };
+        let click_id = event["click_id"].as_str().unwrap();
+        let visitor = event["visitor_id"].as_str().unwrap();
+        assert_eq!(key, visitor, "keyed by the visitor");
+        assert!(
+            cookie.starts_with(&format!("ce_vid={visitor};")),
+            "{cookie}"
+        );
+        assert_eq!(
+            location,
+            format!("https://www.acme.com/summer?utm_source=impact&color=red&clickid={click_id}")
+        );
+        for (field, want) in [
+            ("type", "tracking"),
+            ("outcome", "redirect"),
+            ("host", "acme.sjv.io"),
+            ("path", "/c/1234/5678/9012"),
+            ("partner_id", "1234"),
+            ("ad_id", "5678"),
+            ("campaign_id", "9012"),
+            ("location", location),
+            ("shared_id", "s"),
+            ("ip", "203.0.113.9"),
+            ("referer", "https://partner.example/post"),
+            ("accept_language", "de-DE"),
+            ("device", "desktop"),
+            ("scheme", "https"),
+            ("node", "node-7"),
+        ] {
+            assert_eq!(event[field], want, "{field}");
+        }
+        assert_eq!(event["status"], 302);
+        assert_eq!(event["sub_ids"], serde_json::json!(["a", null, null]));
+        assert_eq!(event["new_visitor"], true);
+        assert_eq!(event["bot"], false);
+    }
+
+    #[test]
+    fn a_known_visitor_keeps_its_id_and_a_head_records_nothing() {
+        let known = Request::get("/c/1/5678/9012")
+            .header("host", "acme.sjv.io")
+            .header("cookie", format!("other=1; ce_vid={VISITOR}"))
+            .body(())
+            .unwrap();
+        let (response, events) = click(known, true, false);
+        assert!(
+            response.headers().get(SET_COOKIE).is_none(),
+            "not set again"
+        );
+        assert_eq!(events[0].0, VISITOR);
+        assert_eq!(events[0].1["new_visitor"], false);
+        assert_eq!(events[0].1["scheme"], "http");
+
+        // Sec-GPC: no cookie read or set; the event is keyed by the click id.
+        let private = Request::get("/c/1/5678/9012")
+            .header("host", "acme.sjv.io")
+            .header("sec-gpc", "1")
+            .header("cookie", format!("ce_vid={VISITOR}"))
+            .body(())
+            .unwrap();
+        let (response, events) = click(private, true, false);
+        assert!(response.headers().get(SET_COOKIE).is_none());
+        assert_eq!(events[0].1["visitor_id"], serde_json::Value::Null);
+        assert_eq!(events[0].0, events[0].1["click_id"].as_str().unwrap());
+
+        let head = Request::head("/c/1/5678/9012")
+            .header("host", "acme.sjv.io")
+            .body(())
+            .unwrap();
+        let (response, events) = click(head, true, false);
+        assert_eq!(response.status(), 302);
+        assert!(events.is_empty(), "{events:?}");
+    }
 }
