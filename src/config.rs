@@ -1,6 +1,9 @@
 //! Flags (each with a `CLICKEDGE_*` environment variable; the command line wins)
 //! turned into a validated [`Config`], in this one place. Nothing here binds a socket
 //! or reads the links file, so a bad configuration fails before anything starts.
+//!
+//! Why one long file: every flag is declared here with its help text and validated
+//! here, by design (one place to read).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

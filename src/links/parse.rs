@@ -7,6 +7,9 @@
 //! time: lowercase hosts and slugs, the destination split into parts, the
 //! validity window in milliseconds. The request path then only compares and
 //! copies.
+//!
+//! Why one long file: the field table, its reader and each field's validation are
+//! one parser; the load cache shares its lifetime.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -7,6 +7,9 @@
 //! shutdown future completes, then drains: the edge stops accepting, `/readyz`
 //! turns 503, in-flight requests finish within `--shutdown-timeout`, and the
 //! producer is flushed within it too.
+//!
+//! Why one long file: `Server::bind` and `Server::run` are the start-up and drain
+//! order, meant to be read top to bottom.
 
 /// `AsyncWrite` for a stream wrapper that writes straight to its `inner` field
 /// (reads are where the wrappers differ).

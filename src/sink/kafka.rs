@@ -6,6 +6,9 @@
 //! calls on every turn of its loop (no polling thread of our own, no wake-up per
 //! report), and go to the pump as [`Ack`]s, which decides what is done (see
 //! `sink::pipeline`).
+//!
+//! Why one long file: the producer, its delivery context, the health monitor and
+//! the producer's renewal share one lifecycle.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex};

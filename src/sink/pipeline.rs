@@ -18,6 +18,10 @@
 //!
 //! Shutdown drains the channel into the spool, waits for acknowledgements up to the
 //! deadline, and fsyncs: whatever was not acknowledged is on disk for the next start.
+//!
+//! Why one long file: the pump's paths (live, spooled, disk failing, resend,
+//! replay, shutdown) are one state machine over the same counters; split, the
+//! invariants of the delivery guarantee would be read in pieces.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

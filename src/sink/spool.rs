@@ -22,6 +22,9 @@
 //! `fsync` runs every `--spool-fsync-interval` on a thread of its own (the writer
 //! never waits for the disk); a crash of the machine can lose at most that interval
 //! of events.
+//!
+//! Why one long file: it is one on-disk format, its writer, its reader (torn and
+//! corrupt frames) and the segments' bookkeeping; the tests of each sit beside it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
