@@ -530,4 +530,41 @@ mod tests {
         assert!(!is_valid_id("12%34"));
         assert!(!is_valid_id("é"));
     }
+
+    /// The one reader: escapes in names and values, bare integer ids, `null` as
+    /// absent, unknown fields ignored, a repeated field's last value kept.
+    #[test]
+    fn the_reader_takes_json_as_json_is_written() {
+        let link = link(
+            r#"{"t\u0079pe":"tracking","host":"ACME.sjv.io","host":"acme.pxf.io","campaign_id":9012,"ad_id":"56\u00378","url":"https://www.acme.com/caf\u00e9","slug":null,"note":{"any":[1]}}"#,
+        );
+        assert_eq!(&**link.host, "acme.pxf.io");
+        assert_eq!(link.campaign_id(), Some("9012"));
+        assert_eq!(link.ad_id(), Some("5678"));
+        assert!(link
+            .destination
+            .as_str()
+            .starts_with("https://www.acme.com/caf"));
+    }
+
+    #[test]
+    fn a_key_object_is_read_as_a_record_is() {
+        let obj = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+        let key = RecordKey::from_object(
+            obj(r#"{"type":"tracking","host":"Acme.sjv.io.","campaign_id":9012,"ad_id":"5678"}"#)
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(key.to_string(), "tracking|acme.sjv.io|9012|5678");
+        let refused = RecordKey::from_object(
+            obj(r#"{"type":"tracking","host":"acme.sjv.io","campaign_id":[1],"ad_id":"5678"}"#)
+                .as_object()
+                .unwrap(),
+        );
+        assert_eq!(
+            refused.unwrap_err().0,
+            "field `campaign_id` must be a string"
+        );
+    }
 }
