@@ -104,7 +104,7 @@ for fn, ir in functions.most_common(top):
 steps = [
     ("HTTP/1 (hyper, http, httparse, bytes)", r"hyper|http::|httparse|bytes::"),
     ("event JSON (to_json, strings, timestamp)", r"clickedge::event"),
-    ("link lookup (host map, tracking table, packed ids)", r"clickedge::links::|resolve::|normalize_host|hashbrown"),
+    ("link lookup (host map, tracking table, packed ids)", r"clickedge::links::|resolve::|clickedge::host::|hashbrown"),
     ("Location (query parse and merge)", r"destination::|IncomingQuery|percent_encoding|form_urlencoded"),
     ("click and visitor ids (ULID, text)", r"ulid|click_id|ClickId|from_utf8"),
     ("User-Agent (remembered)", r"useragent|isbot|woothee|regex"),
