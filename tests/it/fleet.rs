@@ -29,10 +29,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::cli::Running;
-use crate::support::{consume_blocking, eventually, free_port, request, sample, BROWSER_UA, LINKS};
-use crate::tansu::{
-    create_topic, produce_to, require_tansu, start_broker, start_haproxy, Broker, KillOnDrop,
+use crate::support::{
+    consume_blocking, eventually, free_port, produce, request, sample, BROWSER_UA, LINKS,
 };
+use crate::tansu::{create_topic, require_tansu, start_broker, start_haproxy, Broker, KillOnDrop};
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -430,11 +430,10 @@ async fn a_rollout_with_a_healthy_broker_loses_no_click_and_spreads_a_link_chang
         .roll(|restarted| {
             // After the first node is back: a link changed through the topic.
             if restarted == 0 {
-                produce_to(
+                produce(
                     &broker,
                     "links",
-                    "vanity|fleet.pxf.io|rollout",
-                    Some(ROLLOUT_LINK),
+                    &[("vanity|fleet.pxf.io|rollout", Some(ROLLOUT_LINK))],
                 );
                 *changed_at.lock().unwrap() = Some(Instant::now());
             }

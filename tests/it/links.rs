@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use crate::cli::Running;
 use crate::support::{
-    consume_blocking, eventually, mock_kafka, request, request_with_body, sample, TestEdge,
-    TestResponse, LINKS,
+    consume_blocking, eventually, mock_kafka, produce, request, request_with_body, sample,
+    TestEdge, TestResponse, LINKS,
 };
 
 const TOKEN: &str = "test-token-0123456789";
@@ -294,21 +294,6 @@ async fn api_changes_survive_a_file_reload() {
         404,
         "the delete is kept"
     );
-}
-
-fn produce(bootstrap: &str, topic: &str, messages: &[(&str, Option<&str>)]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    for (key, value) in messages {
-        let mut record = BaseRecord::<str, str>::to(topic).key(*key);
-        if let Some(value) = value {
-            record = record.payload(*value);
-        }
-        producer.send(record).map_err(|(e, _)| e).unwrap();
-    }
-    producer.flush(Duration::from_secs(10)).unwrap();
 }
 
 async fn wait_status(edge: &TestEdge, host: &str, path: &str, status: u16) -> TestResponse {

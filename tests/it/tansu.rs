@@ -17,7 +17,7 @@ use rdkafka::ClientConfig;
 use crate::cli::{binary, Running};
 use crate::support::{
     click_steadily, consume_blocking, eventually, eventually_blocking, free_port,
-    missing_and_duplicates, request, BROWSER_UA,
+    missing_and_duplicates, produce, request, BROWSER_UA,
 };
 
 fn tansu_binary() -> Option<PathBuf> {
@@ -348,11 +348,10 @@ async fn the_links_topic_upserts_and_deletes_through_a_real_broker() {
     create_topic(&broker.address, "clicks", 1).await;
     create_topic(&broker.address, "links", 1).await;
     let vanity = r#"{"type":"vanity","host":"new.pxf.io","slug":"fresh","partner_id":"9","campaign_id":"9","ad_id":"9","url":"https://www.acme.com/fresh"}"#;
-    produce_to(
+    produce(
         &broker.address,
         "links",
-        "vanity|new.pxf.io|fresh",
-        Some(vanity),
+        &[("vanity|new.pxf.io|fresh", Some(vanity))],
     );
 
     let (edge, http) =
@@ -364,7 +363,11 @@ async fn the_links_topic_upserts_and_deletes_through_a_real_broker() {
         .location()
         .starts_with("https://www.acme.com/fresh?clickid="));
 
-    produce_to(&broker.address, "links", "vanity|new.pxf.io|fresh", None);
+    produce(
+        &broker.address,
+        "links",
+        &[("vanity|new.pxf.io|fresh", None)],
+    );
     eventually(
         Duration::from_secs(20),
         Duration::from_millis(100),
@@ -381,20 +384,6 @@ async fn the_links_topic_upserts_and_deletes_through_a_real_broker() {
     )
     .await;
     assert_eq!(edge.terminate(), 0);
-}
-
-pub fn produce_to(bootstrap: &str, topic: &str, key: &str, value: Option<&str>) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let mut record = BaseRecord::<str, str>::to(topic).key(key);
-    if let Some(value) = value {
-        record = record.payload(value);
-    }
-    producer.send(record).map_err(|(e, _)| e).unwrap();
-    producer.flush(Duration::from_secs(10)).unwrap();
 }
 
 /// Kafka over TLS, as managed Kafka requires: tansu 0.6 cannot serve TLS itself

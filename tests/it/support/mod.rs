@@ -662,3 +662,21 @@ pub fn mock_kafka(
     let bootstrap = cluster.bootstrap_servers();
     (cluster, bootstrap)
 }
+
+/// Writes `messages` (key, value; `None` a tombstone) to `topic` and waits until
+/// the broker has them.
+pub fn produce(bootstrap: &str, topic: &str, messages: &[(&str, Option<&str>)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for (key, value) in messages {
+        let mut record = BaseRecord::<str, str>::to(topic).key(*key);
+        if let Some(value) = value {
+            record = record.payload(*value);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
