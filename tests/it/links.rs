@@ -296,6 +296,25 @@ async fn api_changes_survive_a_file_reload() {
     );
 }
 
+/// An edge reading the links topic `links` at `bootstrap`, with the admin API
+/// on, once ready.
+async fn ready_on_topic(bootstrap: &str) -> TestEdge {
+    let edge = TestEdge::start(
+        LINKS,
+        &[
+            "--kafka-brokers",
+            bootstrap,
+            "--links-topic",
+            "links",
+            "--admin-token",
+            TOKEN,
+        ],
+    )
+    .await;
+    edge.wait_ready().await;
+    edge
+}
+
 async fn wait_status(edge: &TestEdge, host: &str, path: &str, status: u16) -> TestResponse {
     let what = format!("{host}{path} answering {status}");
     eventually(
@@ -327,19 +346,7 @@ async fn the_links_topic_upserts_deletes_and_outranks_the_file() {
             ("fallback|acme.sjv.io", Some(file_fallback)),
         ],
     );
-    let edge = TestEdge::start(
-        LINKS,
-        &[
-            "--kafka-brokers",
-            &bootstrap,
-            "--links-topic",
-            "links",
-            "--admin-token",
-            TOKEN,
-        ],
-    )
-    .await;
-    edge.wait_ready().await;
+    let edge = ready_on_topic(&bootstrap).await;
     // Read to its end before ready: both records serve.
     assert_eq!(edge.get("new.pxf.io", "/fresh").await.status, 302);
     assert!(edge
@@ -446,19 +453,7 @@ async fn sighup_reloads_the_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_in_every_version_never_misses_while_the_map_churns() {
     let (_cluster, bootstrap) = mock_kafka(&[("clicks", 1), ("links", 1)]);
-    let edge = TestEdge::start(
-        LINKS,
-        &[
-            "--kafka-brokers",
-            &bootstrap,
-            "--links-topic",
-            "links",
-            "--admin-token",
-            TOKEN,
-        ],
-    )
-    .await;
-    edge.wait_ready().await;
+    let edge = ready_on_topic(&bootstrap).await;
     let edge = std::sync::Arc::new(edge);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
