@@ -204,25 +204,31 @@ impl Fleet {
     /// Waits until HAProxy's own health check has the node UP (its stats page,
     /// as CSV), failing after 30 s.
     async fn wait_in_rotation(&self, node: usize) {
-        let name = &self.nodes[node].name;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let csv = request(self.stats, "GET", "localhost", "/stats;csv", &[])
-                .await
-                .body;
-            let up = csv.lines().any(|line| {
-                let fields: Vec<&str> = line.split(',').collect();
-                fields.len() > 17 && fields[0] == "edges" && fields[1] == name && fields[17] == "UP"
-            });
-            if up {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} never UP in HAProxy:\n{csv}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (name, stats) = (&self.nodes[node].name, self.stats);
+        let what = format!("{name} UP in HAProxy");
+        eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            &what,
+            move || async move {
+                let csv = request(stats, "GET", "localhost", "/stats;csv", &[])
+                    .await
+                    .body;
+                let up = csv.lines().any(|line| {
+                    let fields: Vec<&str> = line.split(',').collect();
+                    fields.len() > 17
+                        && fields[0] == "edges"
+                        && fields[1] == name
+                        && fields[17] == "UP"
+                });
+                if up {
+                    Ok(())
+                } else {
+                    Err(format!("\n{csv}"))
+                }
+            },
+        )
+        .await;
     }
 
     /// Restarts every node in turn, as a rollout does, while clients click.

@@ -176,23 +176,31 @@ async fn clicks_reach_a_real_broker_and_read_back_in_full() {
     let mut edge = KillOnDrop(edge);
 
     // Ready means the broker answered for the topic.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = match tokio::net::TcpStream::connect(&admin).await {
-            Ok(_) => {
-                request(admin.parse().unwrap(), "GET", "localhost", "/readyz", &[])
-                    .await
-                    .status
-                    == 200
+    let admin_addr = &admin;
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the edge ready against tansu",
+        move || async move {
+            match tokio::net::TcpStream::connect(admin_addr).await {
+                Ok(_) => match request(
+                    admin_addr.parse().unwrap(),
+                    "GET",
+                    "localhost",
+                    "/readyz",
+                    &[],
+                )
+                .await
+                .status
+                {
+                    200 => Ok(()),
+                    status => Err(format!("/readyz answered {status}")),
+                },
+                Err(error) => Err(error.to_string()),
             }
-            Err(_) => false,
-        };
-        if ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "edge never ready against tansu");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        },
+    )
+    .await;
 
     let mut served = Vec::new();
     for i in 0..300 {
@@ -523,29 +531,31 @@ async fn sasl_scram_is_spoken_to_a_real_broker_and_a_refused_login_keeps_the_eve
         "clicks are served while Kafka refuses the login"
     );
     // The event is on disk, not delivered, and the broker counts as down.
-    let deadline = Instant::now() + Duration::from_secs(20);
     let sample = crate::support::sample;
-    loop {
-        let metrics = request(admin, "GET", "localhost", "/metrics", &[])
-            .await
-            .body;
-        let on_disk = sample(&metrics, "clickedge_spool_size_bytes").unwrap_or(0.0) > 0.0;
-        let down = sample(&metrics, "clickedge_kafka_broker_up") == Some(0.0);
-        if on_disk && down {
-            assert_eq!(
-                sample(
-                    &metrics,
-                    r#"clickedge_click_events_total{result="delivered"}"#
-                ),
-                Some(0.0),
-                "{metrics}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the event is not kept:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let metrics = eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        "the event kept on disk with the broker down",
+        || async {
+            let metrics = request(admin, "GET", "localhost", "/metrics", &[])
+                .await
+                .body;
+            let on_disk = sample(&metrics, "clickedge_spool_size_bytes").unwrap_or(0.0) > 0.0;
+            let down = sample(&metrics, "clickedge_kafka_broker_up") == Some(0.0);
+            if on_disk && down {
+                Ok(metrics)
+            } else {
+                Err(format!("\n{metrics}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"clickedge_click_events_total{result="delivered"}"#
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
 }
