@@ -180,6 +180,22 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_left_unfinished_by_a_panicking_writer_ends_the_frames() {
+        let mut batch = FrameBatch::default();
+        event(&mut batch, "k", "whole");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = batch.push_with(b"k", |buf| {
+                buf.extend_from_slice(b"half");
+                panic!("the writer fails");
+            });
+        }));
+        assert!(panicked.is_err());
+        let frames: Vec<_> = batch.frames().map(|(_, value, _)| value.to_vec()).collect();
+        assert_eq!(frames, vec![b"whole".to_vec()]);
+        assert_eq!(batch.events(), 1);
+    }
+
+    #[test]
     fn a_too_large_event_is_refused_and_leaves_the_batch_as_it_was() {
         let mut batch = FrameBatch::default();
         event(&mut batch, "k", "first");

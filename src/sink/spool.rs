@@ -628,6 +628,11 @@ pub fn built_frames(buf: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], usize)> {
         let key_len = u16::from_le_bytes([head[12], head[13]]) as usize;
         let key_at = pos + HEADER + 2;
         let end = pos + HEADER + payload_len;
+        // Only a writer that panicked mid-frame leaves one unfinished (its head
+        // still zero): the frames before it are all there is.
+        if payload_len < 2 + key_len || end > buf.len() {
+            return None;
+        }
         pos = end;
         Some((
             &buf[key_at..key_at + key_len],
