@@ -134,7 +134,7 @@ fn check(config: &Config) -> ExitCode {
             }
             let counts = loaded.map.counts();
             println!(
-                "{}: OK, {} records ({} tracking, {} vanity, {} domain, {} fallback, {} app_site), {} invalid skipped",
+                "{}: OK, {} records ({} tracking, {} vanity, {} domain, {} fallback, {} app_site, {} brand, {} promo), {} invalid skipped",
                 config.links,
                 loaded.map.len(),
                 counts.tracking,
@@ -142,6 +142,8 @@ fn check(config: &Config) -> ExitCode {
                 counts.domain,
                 counts.fallback,
                 counts.app_site,
+                counts.brand,
+                counts.promo,
                 loaded.invalid.len()
             );
             // The process ends now: freeing millions of records one by one would

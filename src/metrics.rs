@@ -250,7 +250,7 @@ pub struct Metrics {
     pub kafka_queue_messages: Gauge,
     pub kafka_broker_up: Gauge,
     kafka_producer_renewals: Counter,
-    links: [Gauge; 5],
+    links: [Gauge; 7],
     reloads_success: Counter,
     reloads_error: Counter,
     last_reload: Gauge,
@@ -294,8 +294,10 @@ impl Metrics {
         };
         let events =
             EventResult::ALL.map(|r| counter(CLICK_EVENTS_TOTAL, &[("result", r.as_str())]));
-        let links = ["tracking", "vanity", "domain", "fallback", "app_site"]
-            .map(|t| gauge(LINKS, &[("type", t)]));
+        let links = [
+            "tracking", "vanity", "domain", "fallback", "app_site", "brand", "promo",
+        ]
+        .map(|t| gauge(LINKS, &[("type", t)]));
         let connections =
             ["http", "admin", "https"].map(|l| gauge(CONNECTIONS_ACTIVE, &[("listener", l)]));
         let connections_refused = ["http", "admin", "https"]
@@ -385,6 +387,8 @@ impl Metrics {
             counts.domain,
             counts.fallback,
             counts.app_site,
+            counts.brand,
+            counts.promo,
         ];
         for (gauge, value) in self.links.iter().zip(values) {
             gauge.set(value as f64);

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use super::parse::{is_valid_id, normalize_record_host, parse_slug, KeyFields};
+use super::parse::{is_valid_id, normalize_record_host, parse_promo_code, parse_slug, KeyFields};
 use super::record::{invalid, LinkKind, Record, RecordError};
 
 /// A record's identity: a later record with the same key replaces the earlier one.
@@ -29,6 +29,14 @@ pub enum RecordKey {
     AppSite {
         host: Box<str>,
     },
+    Brand {
+        brand_id: Box<str>,
+    },
+    Promo {
+        brand_id: Box<str>,
+        /// Lowercase.
+        code: Box<str>,
+    },
 }
 
 /// The text form is the links topic's message key: `tracking|acme.sjv.io|9012|5678`.
@@ -44,6 +52,8 @@ impl fmt::Display for RecordKey {
             RecordKey::Domain { host } => write!(f, "domain|{host}"),
             RecordKey::Fallback { host } => write!(f, "fallback|{host}"),
             RecordKey::AppSite { host } => write!(f, "app_site|{host}"),
+            RecordKey::Brand { brand_id } => write!(f, "brand|{brand_id}"),
+            RecordKey::Promo { brand_id, code } => write!(f, "promo|{brand_id}|{code}"),
         }
     }
 }
@@ -55,7 +65,16 @@ impl RecordKey {
     pub fn from_object(obj: &Map<String, Value>) -> Result<RecordKey, RecordError> {
         let text = serde_json::to_string(obj).map_err(|e| invalid(e.to_string()))?;
         let key = KeyFields::read(&text)?;
-        RecordKey::build(&key.kind, key.host.clone(), |field| key.part(field))
+        match &*key.kind {
+            "brand" => Ok(RecordKey::Brand {
+                brand_id: key.part("brand_id")?,
+            }),
+            "promo" => Ok(RecordKey::Promo {
+                brand_id: key.part("brand_id")?,
+                code: key.part("code")?,
+            }),
+            kind => RecordKey::build(kind, key.host()?, |field| key.part(field)),
+        }
     }
 
     /// The text form, as the links topic keys its messages:
@@ -63,6 +82,27 @@ impl RecordKey {
     pub fn parse_text(text: &str) -> Result<RecordKey, RecordError> {
         let mut parts = text.split('|');
         let kind = parts.next().unwrap_or_default();
+        // A brand's records are keyed by the brand, not by a host.
+        if matches!(kind, "brand" | "promo") {
+            let fields: Vec<&str> = parts.collect();
+            let valid_brand = |id: &str| {
+                is_valid_id(id)
+                    .then(|| Box::<str>::from(id))
+                    .ok_or_else(|| invalid(format!("`brand_id` {id:?} is not an id")))
+            };
+            return match (kind, &fields[..]) {
+                ("brand", [brand_id]) => Ok(RecordKey::Brand {
+                    brand_id: valid_brand(brand_id)?,
+                }),
+                ("promo", [brand_id, code]) => Ok(RecordKey::Promo {
+                    brand_id: valid_brand(brand_id)?,
+                    code: parse_promo_code(code)?,
+                }),
+                _ => Err(invalid(format!(
+                    "key {text:?} is not `brand|brand_id` or `promo|brand_id|code`"
+                ))),
+            };
+        }
         let host =
             normalize_record_host(parts.next().ok_or_else(|| invalid("the key has no host"))?)?;
         let fields: Vec<&str> = parts.collect();
@@ -119,6 +159,13 @@ impl Record {
         match self {
             Record::AppSite(site) => RecordKey::AppSite {
                 host: site.host.clone(),
+            },
+            Record::Brand(brand) => RecordKey::Brand {
+                brand_id: brand.brand_id.clone(),
+            },
+            Record::Promo(promo) => RecordKey::Promo {
+                brand_id: promo.brand_id.clone(),
+                code: promo.code.clone(),
             },
             Record::Link(link) => {
                 let host: Box<str> = (**link.host).into();

@@ -7,7 +7,7 @@ use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use super::key::RecordKey;
-use super::record::{AppSite, Id, Link, LinkKind, Record};
+use super::record::{AppSite, Brand, Id, Link, LinkKind, Promo, Record};
 
 /// Everything one host answers. Tracking links sit in a table hashed by their own
 /// `(campaign_id, ad_id)`, so the ids are stored once, in the link.
@@ -85,6 +85,13 @@ impl HostLinks {
 #[derive(Debug, Default, Clone)]
 pub struct LinkMap {
     hosts: HashMap<Box<str>, Arc<HostLinks>>,
+    /// Brands by id; a brand's hosts lead to it through `brand_hosts`.
+    brands: HashMap<Box<str>, Arc<Brand>>,
+    /// Host → the brand whose reports it takes (the latest brand record to
+    /// name a host has it).
+    brand_hosts: HashMap<Box<str>, Box<str>>,
+    /// Promo codes by (brand id, lowercase code).
+    promos: HashMap<(Box<str>, Box<str>), Arc<Promo>>,
     len: usize,
 }
 
@@ -96,6 +103,8 @@ pub struct LinkCounts {
     pub domain: usize,
     pub fallback: usize,
     pub app_site: usize,
+    pub brand: usize,
+    pub promo: usize,
 }
 
 impl LinkMap {
@@ -113,11 +122,33 @@ impl LinkMap {
         self.len == 0
     }
 
+    /// The brand with this id.
+    pub fn brand(&self, brand_id: &str) -> Option<&Arc<Brand>> {
+        self.brands.get(brand_id)
+    }
+
+    /// The brand whose reports `host` (normalized) takes.
+    pub fn brand_for_host(&self, host: &str) -> Option<&Arc<Brand>> {
+        self.brands.get(self.brand_hosts.get(host)?)
+    }
+
+    /// A brand's promo code (`code` lowercase), whatever its window.
+    pub fn promo(&self, brand_id: &str, code: &str) -> Option<&Arc<Promo>> {
+        self.promos.get(&(Box::from(brand_id), Box::from(code)))
+    }
+
     /// Adds a record, replacing one with the same key. Returns whether it replaced.
     pub fn upsert(&mut self, record: Record) -> bool {
         let host_name: &str = match &record {
             Record::Link(link) => &link.host,
             Record::AppSite(site) => &site.host,
+            Record::Brand(brand) => return self.upsert_brand(brand.clone()),
+            Record::Promo(promo) => {
+                let key = (promo.brand_id.clone(), promo.code.clone());
+                let replaced = self.promos.insert(key, promo.clone()).is_some();
+                self.len += usize::from(!replaced);
+                return replaced;
+            }
         };
         // Allocate the host's name only the first time it is seen.
         if !self.hosts.contains_key(host_name) {
@@ -125,6 +156,7 @@ impl LinkMap {
         }
         let host = Arc::make_mut(self.hosts.get_mut(host_name).expect("just ensured"));
         let replaced = match record {
+            Record::Brand(_) | Record::Promo(_) => unreachable!("kept apart above"),
             Record::AppSite(site) => host.app_site.replace(site).is_some(),
             Record::Link(link) => match link.kind {
                 LinkKind::Tracking => host.put_tracking(link),
@@ -142,6 +174,35 @@ impl LinkMap {
         replaced
     }
 
+    fn upsert_brand(&mut self, brand: Arc<Brand>) -> bool {
+        let replaced = self.remove_brand(&brand.brand_id);
+        for host in brand.hosts.iter() {
+            self.brand_hosts
+                .insert(host.clone(), brand.brand_id.clone());
+        }
+        self.brands.insert(brand.brand_id.clone(), brand);
+        self.len += 1;
+        replaced
+    }
+
+    fn remove_brand(&mut self, brand_id: &str) -> bool {
+        let Some(old) = self.brands.remove(brand_id) else {
+            return false;
+        };
+        // Its hosts, unless a later brand took them.
+        for host in old.hosts.iter() {
+            if self
+                .brand_hosts
+                .get(host)
+                .is_some_and(|owner| **owner == *brand_id)
+            {
+                self.brand_hosts.remove(host);
+            }
+        }
+        self.len -= 1;
+        true
+    }
+
     /// Removes the record with `key`. Returns whether there was one.
     pub fn remove(&mut self, key: &RecordKey) -> bool {
         let host_name = match key {
@@ -150,6 +211,15 @@ impl LinkMap {
             | RecordKey::Domain { host }
             | RecordKey::Fallback { host }
             | RecordKey::AppSite { host } => host,
+            RecordKey::Brand { brand_id } => return self.remove_brand(brand_id),
+            RecordKey::Promo { brand_id, code } => {
+                let removed = self
+                    .promos
+                    .remove(&(brand_id.clone(), code.clone()))
+                    .is_some();
+                self.len -= usize::from(removed);
+                return removed;
+            }
         };
         let Some(host) = self.hosts.get_mut(&**host_name) else {
             return false;
@@ -163,6 +233,7 @@ impl LinkMap {
             RecordKey::Domain { .. } => host.domain.take().is_some(),
             RecordKey::Fallback { .. } => host.fallback.take().is_some(),
             RecordKey::AppSite { .. } => host.app_site.take().is_some(),
+            RecordKey::Brand { .. } | RecordKey::Promo { .. } => unreachable!("kept apart above"),
         };
         if host.is_empty() {
             self.hosts.remove(&**host_name);
@@ -182,6 +253,8 @@ impl LinkMap {
             counts.fallback += usize::from(host.fallback.is_some());
             counts.app_site += usize::from(host.app_site.is_some());
         }
+        counts.brand = self.brands.len();
+        counts.promo = self.promos.len();
         counts
     }
 }
@@ -207,5 +280,49 @@ mod tests {
         assert!(!map.remove(&key));
         assert!(map.host("a.io").is_none());
         assert!(map.is_empty());
+    }
+
+    #[test]
+    fn brands_lead_from_their_hosts_and_promos_are_found_by_code() {
+        let mut map = LinkMap::default();
+        let brand = |id: &str, hosts: &str| {
+            parse_record(&format!(
+                r#"{{"type":"brand","brand_id":"{id}","hosts":{hosts}}}"#
+            ))
+            .unwrap()
+        };
+        assert!(!map.upsert(brand("acme", r#"["a.io","b.io"]"#)));
+        assert_eq!(
+            map.brand_for_host("a.io").unwrap().brand_id.as_ref(),
+            "acme"
+        );
+        // A later record of the same brand replaces its hosts.
+        assert!(map.upsert(brand("acme", r#"["b.io"]"#)));
+        assert!(map.brand_for_host("a.io").is_none());
+        // Another brand naming a host takes it; removing the first keeps it.
+        assert!(!map.upsert(brand("other", r#"["b.io"]"#)));
+        assert!(map.remove(&RecordKey::Brand {
+            brand_id: "acme".into()
+        }));
+        assert_eq!(
+            map.brand_for_host("b.io").unwrap().brand_id.as_ref(),
+            "other"
+        );
+        assert!(map.brand("acme").is_none());
+
+        let promo =
+            parse_record(r#"{"type":"promo","brand_id":"other","code":"Jane10","partner_id":"7"}"#)
+                .unwrap();
+        let key = promo.key();
+        assert!(!map.upsert(promo));
+        assert_eq!(
+            map.promo("other", "jane10").unwrap().partner_id.as_ref(),
+            "7"
+        );
+        let counts = map.counts();
+        assert_eq!((counts.brand, counts.promo, map.len()), (1, 1, 2));
+        assert!(map.remove(&key));
+        assert!(map.promo("other", "jane10").is_none());
+        assert_eq!(map.len(), 1);
     }
 }

@@ -22,8 +22,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::record::{
-    invalid, AppLink, AppSite, Id, Link, LinkExtras, LinkIds, LinkKind, Record, RecordError,
-    RedirectStatus,
+    invalid, AppLink, AppSite, Brand, Id, Link, LinkExtras, LinkIds, LinkKind, Promo, Record,
+    RecordError, RedirectStatus,
 };
 use crate::destination::{Destination, HostPatterns};
 
@@ -139,6 +139,13 @@ struct RawFields<'a> {
     valid_until: Option<&'a RawValue>,
     apple_app_site_association: Option<&'a RawValue>,
     assetlinks: Option<&'a RawValue>,
+    brand_id: Option<&'a RawValue>,
+    hosts: Option<&'a RawValue>,
+    action_keys: Option<&'a RawValue>,
+    test_keys: Option<&'a RawValue>,
+    origins: Option<&'a RawValue>,
+    click_window_days: Option<&'a RawValue>,
+    code: Option<&'a RawValue>,
 }
 
 impl<'a> RawFields<'a> {
@@ -160,6 +167,13 @@ impl<'a> RawFields<'a> {
             "valid_until" => &mut self.valid_until,
             "apple_app_site_association" => &mut self.apple_app_site_association,
             "assetlinks" => &mut self.assetlinks,
+            "brand_id" => &mut self.brand_id,
+            "hosts" => &mut self.hosts,
+            "action_keys" => &mut self.action_keys,
+            "test_keys" => &mut self.test_keys,
+            "origins" => &mut self.origins,
+            "click_window_days" => &mut self.click_window_days,
+            "code" => &mut self.code,
             _ => return None,
         })
     }
@@ -235,6 +249,13 @@ struct Fields<'a> {
     valid_until: Option<Cow<'a, str>>,
     apple_app_site_association: Option<Cow<'a, str>>,
     assetlinks: Option<Cow<'a, str>>,
+    brand_id: Option<Cow<'a, str>>,
+    hosts: Option<Vec<Cow<'a, str>>>,
+    action_keys: Option<Vec<Cow<'a, str>>>,
+    test_keys: Option<Vec<Cow<'a, str>>>,
+    origins: Option<Vec<Cow<'a, str>>>,
+    click_window_days: Option<u64>,
+    code: Option<Cow<'a, str>>,
 }
 
 /// A field's raw JSON, `None` when absent or `null`.
@@ -285,22 +306,24 @@ impl<'a> Fields<'a> {
             Some(text) if text.starts_with(open) => Ok(Some(Cow::Borrowed(text))),
             Some(_) => Err(invalid(reason)),
         };
-        let deeplink_hosts = match given(raw.deeplink_hosts) {
-            None => None,
-            Some(text) => {
-                let hosts = serde_json::from_str::<Vec<&RawValue>>(text)
-                    .ok()
-                    .and_then(|items| {
-                        items
-                            .iter()
-                            .map(|item| json_string(item.get()))
-                            .collect::<Option<Vec<_>>>()
-                    });
-                Some(hosts.ok_or_else(|| {
-                    invalid("field `deeplink_hosts` must be an array of host names")
-                })?)
-            }
+        // An array of strings.
+        let strings = |raw: Option<&'a RawValue>, reason: &str| match given(raw) {
+            None => Ok(None),
+            Some(text) => serde_json::from_str::<Vec<&RawValue>>(text)
+                .ok()
+                .and_then(|items| {
+                    items
+                        .iter()
+                        .map(|item| json_string(item.get()))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .map(Some)
+                .ok_or_else(|| invalid(reason)),
         };
+        let deeplink_hosts = strings(
+            raw.deeplink_hosts,
+            "field `deeplink_hosts` must be an array of host names",
+        )?;
         let app = match given(raw.app) {
             None => None,
             Some(text) if text.starts_with('{') => Some(
@@ -349,6 +372,24 @@ impl<'a> Fields<'a> {
                 '[',
                 "field `assetlinks` must be a JSON array",
             )?,
+            brand_id: id(raw.brand_id, "brand_id")?,
+            hosts: strings(raw.hosts, "field `hosts` must be an array of host names")?,
+            action_keys: strings(
+                raw.action_keys,
+                "field `action_keys` must be an array of SHA-256 hex digests",
+            )?,
+            test_keys: strings(
+                raw.test_keys,
+                "field `test_keys` must be an array of SHA-256 hex digests",
+            )?,
+            origins: strings(raw.origins, "field `origins` must be an array of origins")?,
+            click_window_days: match given(raw.click_window_days) {
+                None => None,
+                Some(text) => Some(text.parse::<u64>().map_err(|_| {
+                    invalid("field `click_window_days` must be a whole number of days")
+                })?),
+            },
+            code: string(raw.code, &must_be_string("code"))?,
         })
     }
 }
@@ -356,7 +397,6 @@ impl<'a> Fields<'a> {
 /// A key object's parts (`DELETE /admin/links`), read as a record's fields are.
 pub(super) struct KeyFields<'a> {
     pub kind: Cow<'a, str>,
-    pub host: Box<str>,
     fields: Fields<'a>,
 }
 
@@ -364,18 +404,23 @@ impl<'a> KeyFields<'a> {
     pub fn read(text: &'a str) -> Result<KeyFields<'a>, RecordError> {
         let fields = Fields::read(text, "key")?;
         let kind = Cow::Owned(required(&fields.kind, "type")?.to_owned());
-        let host = normalize_record_host(required(&fields.host, "host")?)?;
-        Ok(KeyFields { kind, host, fields })
+        Ok(KeyFields { kind, fields })
     }
 
-    /// The slug, or an id (`campaign_id`, `ad_id`), checked.
+    pub fn host(&self) -> Result<Box<str>, RecordError> {
+        normalize_record_host(required(&self.fields.host, "host")?)
+    }
+
+    /// The slug, the promo code, or an id (`campaign_id`, `ad_id`, `brand_id`),
+    /// checked.
     pub fn part(&self, field: &str) -> Result<Box<str>, RecordError> {
+        let id = |value| required_valid_id(value, field).map(|id| id.as_str().into());
         match field {
             "slug" => parse_slug(required(&self.fields.slug, "slug")?),
-            "campaign_id" => {
-                required_valid_id(&self.fields.campaign_id, field).map(|id| id.as_str().into())
-            }
-            _ => required_valid_id(&self.fields.ad_id, field).map(|id| id.as_str().into()),
+            "code" => parse_promo_code(required(&self.fields.code, "code")?),
+            "campaign_id" => id(&self.fields.campaign_id),
+            "brand_id" => id(&self.fields.brand_id),
+            _ => id(&self.fields.ad_id),
         }
     }
 }
@@ -399,6 +444,11 @@ fn required_valid_id(value: &Option<Cow<'_, str>>, field: &str) -> Result<Id, Re
 /// Checks the values and builds the record.
 fn validate(fields: Fields<'_>, cache: &mut LoadCache) -> Result<Record, RecordError> {
     let kind = required(&fields.kind, "type")?;
+    match kind {
+        "brand" => return brand(&fields),
+        "promo" => return promo(&fields),
+        _ => {}
+    }
     let host = normalize_record_host(required(&fields.host, "host")?)?;
     let kind = match kind {
         "tracking" => LinkKind::Tracking,
@@ -429,7 +479,7 @@ fn validate(fields: Fields<'_>, cache: &mut LoadCache) -> Result<Record, RecordE
         }
         other => {
             return Err(invalid(format!(
-                "unknown type `{other}` (expected tracking, vanity, domain, fallback or app_site)"
+                "unknown type `{other}` (expected tracking, vanity, domain, fallback, app_site, brand or promo)"
             )))
         }
     };
@@ -509,6 +559,140 @@ fn validate(fields: Fields<'_>, cache: &mut LoadCache) -> Result<Record, RecordE
         deeplink_hosts,
         extras: has_extras.then(|| Box::new(extras)),
     })))
+}
+
+/// Longest a brand's click window may be: a year.
+const MAX_CLICK_WINDOW_DAYS: u64 = 365;
+
+/// A `brand` record (SPEC §8).
+fn brand(fields: &Fields<'_>) -> Result<Record, RecordError> {
+    let brand_id = required_valid_id(&fields.brand_id, "brand_id")?;
+    let hosts = fields
+        .hosts
+        .as_deref()
+        .filter(|hosts| !hosts.is_empty())
+        .ok_or_else(|| {
+            invalid("missing field `hosts` (the tracking hosts the brand's reports are taken on)")
+        })?
+        .iter()
+        .map(|host| {
+            normalize_record_host(host).map_err(|_| {
+                invalid(format!(
+                    "field `hosts`: {host:?} is not a host name (no scheme, port or path)"
+                ))
+            })
+        })
+        .collect::<Result<Box<[_]>, _>>()?;
+    let digests = |list: &Option<Vec<Cow<'_, str>>>, field: &str| {
+        list.as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|hex| {
+                parse_sha256_hex(hex).ok_or_else(|| {
+                    invalid(format!(
+                        "field `{field}`: {hex:?} is not a SHA-256 hex digest (64 hex digits; keys are never stored in clear)"
+                    ))
+                })
+            })
+            .collect::<Result<Box<[_]>, _>>()
+    };
+    let action_keys = digests(&fields.action_keys, "action_keys")?;
+    let test_keys = digests(&fields.test_keys, "test_keys")?;
+    let origins = fields
+        .origins
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|origin| {
+            parse_origin(origin).ok_or_else(|| {
+                invalid(format!(
+                    "field `origins`: {origin:?} is not an origin (like https://www.acme.com, no path)"
+                ))
+            })
+        })
+        .collect::<Result<Box<[_]>, _>>()?;
+    let click_window_days = match fields.click_window_days {
+        None => 30,
+        Some(days) if (1..=MAX_CLICK_WINDOW_DAYS).contains(&days) => days as u32,
+        Some(_) => {
+            return Err(invalid(format!(
+                "field `click_window_days` must be 1-{MAX_CLICK_WINDOW_DAYS}"
+            )))
+        }
+    };
+    Ok(Record::Brand(Arc::new(Brand {
+        brand_id: brand_id.as_str().into(),
+        hosts,
+        action_keys,
+        test_keys,
+        origins,
+        click_window_days,
+    })))
+}
+
+/// A `promo` record (SPEC §8).
+fn promo(fields: &Fields<'_>) -> Result<Record, RecordError> {
+    let brand_id = required_valid_id(&fields.brand_id, "brand_id")?;
+    let code = parse_promo_code(required(&fields.code, "code")?)?;
+    let partner_id = required_valid_id(&fields.partner_id, "partner_id")?;
+    let valid_from_ms = parse_time(fields.valid_from.as_deref(), "valid_from")?;
+    let valid_until_ms = parse_time(fields.valid_until.as_deref(), "valid_until")?;
+    if let (Some(from), Some(until)) = (valid_from_ms, valid_until_ms) {
+        if from >= until {
+            return Err(invalid("`valid_from` must be before `valid_until`"));
+        }
+    }
+    Ok(Record::Promo(Arc::new(Promo {
+        brand_id: brand_id.as_str().into(),
+        code,
+        partner_id: partner_id.as_str().into(),
+        valid_from_ms,
+        valid_until_ms,
+    })))
+}
+
+/// 64 hex digits, either case.
+fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.chunks(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(digest)
+}
+
+/// A browser origin as the `Origin` header sends it: `https://host[:port]`,
+/// lowercase, nothing after (one trailing `/` is forgiven).
+fn parse_origin(origin: &str) -> Option<Box<str>> {
+    let origin = origin.strip_suffix('/').unwrap_or(origin);
+    let url = url::Url::parse(origin).ok()?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && !origin.ends_with('/');
+    plain.then(|| url.origin().ascii_serialization().into_boxed_str())
+}
+
+/// A promo code: 1-64 printable characters without white space or `|` (the
+/// key's separator), compared without regard to case.
+pub(super) fn parse_promo_code(code: &str) -> Result<Box<str>, RecordError> {
+    let ok = (1..=64).contains(&code.chars().count())
+        && code
+            .chars()
+            .all(|c| !c.is_control() && !c.is_whitespace() && c != '|');
+    if !ok {
+        return Err(invalid(format!(
+            "field `code` {code:?} must be 1-64 characters with no white space or '|'"
+        )));
+    }
+    Ok(code.to_lowercase().into_boxed_str())
 }
 
 fn parse_time(text: Option<&str>, field: &str) -> Result<Option<i64>, RecordError> {

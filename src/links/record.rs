@@ -310,6 +310,44 @@ pub struct AppSite {
 pub enum Record {
     Link(Arc<Link>),
     AppSite(Arc<AppSite>),
+    Brand(Arc<Brand>),
+    Promo(Arc<Promo>),
+}
+
+/// A brand that reports actions (SPEC §8): the tracking hosts its reports are
+/// taken on, the keys they are signed with, the origins its pages post from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Brand {
+    pub brand_id: Box<str>,
+    /// Lowercase, no trailing dot.
+    pub hosts: Box<[Box<str>]>,
+    /// SHA-256 of each server-to-server key (never the key itself).
+    pub action_keys: Box<[[u8; 32]]>,
+    /// SHA-256 of each test key: every action sent with one is a test.
+    pub test_keys: Box<[[u8; 32]]>,
+    /// Browser origins (`https://www.acme.com`) allowed to post beacons.
+    pub origins: Box<[Box<str>]>,
+    /// How long after a click an action is still attributed to it.
+    pub click_window_days: u32,
+}
+
+/// A promo code attributed to a partner (influencers without links).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promo {
+    pub brand_id: Box<str>,
+    /// Lowercase: codes are case-insensitive.
+    pub code: Box<str>,
+    pub partner_id: Box<str>,
+    /// Validity window in Unix milliseconds, inclusive start, exclusive end.
+    pub valid_from_ms: Option<i64>,
+    pub valid_until_ms: Option<i64>,
+}
+
+impl Promo {
+    pub fn is_valid_at(&self, now_ms: i64) -> bool {
+        self.valid_from_ms.is_none_or(|from| now_ms >= from)
+            && self.valid_until_ms.is_none_or(|until| now_ms < until)
+    }
 }
 
 impl Record {
@@ -318,6 +356,8 @@ impl Record {
         match self {
             Record::Link(link) => link.kind.as_str(),
             Record::AppSite(_) => "app_site",
+            Record::Brand(_) => "brand",
+            Record::Promo(_) => "promo",
         }
     }
 }
@@ -566,5 +606,158 @@ mod tests {
             refused.unwrap_err().0,
             "field `campaign_id` must be a string"
         );
+    }
+
+    const KEY_DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    /// SPEC §8's records: a brand (hosts, key digests, origins, click window) and
+    /// a promo code (case-insensitive, with a window), keyed apart from hosts.
+    #[test]
+    fn brand_and_promo_records_parse_with_their_keys() {
+        let brand = parse_record(&format!(
+            r#"{{"type":"brand","brand_id":"acme","hosts":["Acme.sjv.io","acme.pxf.io."],"action_keys":["{}"],"test_keys":["{KEY_DIGEST}"],"origins":["https://www.acme.com","http://shop.acme.com:8080/"]}}"#,
+            KEY_DIGEST.to_uppercase()
+        ))
+        .unwrap();
+        assert_eq!(brand.type_name(), "brand");
+        assert_eq!(brand.key().to_string(), "brand|acme");
+        let Record::Brand(brand) = brand else {
+            panic!("not a brand")
+        };
+        assert_eq!(&*brand.hosts, &["acme.sjv.io".into(), "acme.pxf.io".into()]);
+        assert_eq!(brand.action_keys[0][..2], [0x9f, 0x86]);
+        assert_eq!(brand.action_keys, brand.test_keys);
+        assert_eq!(
+            &*brand.origins,
+            &[
+                "https://www.acme.com".into(),
+                "http://shop.acme.com:8080".into()
+            ]
+        );
+        assert_eq!(brand.click_window_days, 30, "the default");
+
+        let promo = parse_record(
+            r#"{"type":"promo","brand_id":"acme","code":"JANE10","partner_id":"1234","valid_until":"2999-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(promo.key().to_string(), "promo|acme|jane10");
+        let Record::Promo(promo) = promo else {
+            panic!("not a promo")
+        };
+        assert_eq!(&*promo.partner_id, "1234");
+        assert!(promo.is_valid_at(1_800_000_000_000));
+        assert!(!promo.is_valid_at(32_503_680_000_000));
+
+        for text in ["brand|acme", "promo|acme|jane10"] {
+            assert_eq!(RecordKey::parse_text(text).unwrap().to_string(), text);
+        }
+        assert_eq!(
+            RecordKey::parse_text("promo|acme|JANE10")
+                .unwrap()
+                .to_string(),
+            "promo|acme|jane10"
+        );
+        for bad in [
+            "brand",
+            "brand|",
+            "brand|a|b",
+            "promo|acme",
+            "promo|ac me|x",
+        ] {
+            assert!(RecordKey::parse_text(bad).is_err(), "{bad}");
+        }
+        let key = |text: &str| {
+            RecordKey::from_object(
+                serde_json::from_str::<Value>(text)
+                    .unwrap()
+                    .as_object()
+                    .unwrap(),
+            )
+        };
+        assert_eq!(
+            key(r#"{"type":"promo","brand_id":"acme","code":"Jane10"}"#)
+                .unwrap()
+                .to_string(),
+            "promo|acme|jane10"
+        );
+        assert_eq!(
+            key(r#"{"type":"brand","brand_id":"acme"}"#)
+                .unwrap()
+                .to_string(),
+            "brand|acme"
+        );
+    }
+
+    #[test]
+    fn bad_brand_and_promo_records_say_why() {
+        for (line, reason) in [
+            (
+                r#"{"type":"brand","hosts":["a.io"]}"#,
+                "missing field `brand_id`",
+            ),
+            (
+                r#"{"type":"brand","brand_id":"acme"}"#,
+                "missing field `hosts`",
+            ),
+            (
+                r#"{"type":"brand","brand_id":"acme","hosts":[]}"#,
+                "missing field `hosts`",
+            ),
+            (
+                r#"{"type":"brand","brand_id":"acme","hosts":["https://a.io/"]}"#,
+                "field `hosts`",
+            ),
+            (
+                r#"{"type":"brand","brand_id":"acme","hosts":["a.io"],"action_keys":["secret"]}"#,
+                "not a SHA-256 hex digest",
+            ),
+            (
+                r#"{"type":"brand","brand_id":"acme","hosts":["a.io"],"test_keys":"x"}"#,
+                "field `test_keys` must be an array",
+            ),
+            (
+                r#"{"type":"brand","brand_id":"acme","hosts":["a.io"],"origins":["https://a.io/path"]}"#,
+                "not an origin",
+            ),
+            (
+                r#"{"type":"brand","brand_id":"acme","hosts":["a.io"],"origins":["a.io"]}"#,
+                "not an origin",
+            ),
+            (
+                r#"{"type":"brand","brand_id":"acme","hosts":["a.io"],"click_window_days":0}"#,
+                "`click_window_days` must be 1-365",
+            ),
+            (
+                r#"{"type":"brand","brand_id":"acme","hosts":["a.io"],"click_window_days":"30"}"#,
+                "whole number of days",
+            ),
+            (
+                r#"{"type":"brand","brand_id":"ac me","hosts":["a.io"]}"#,
+                "field `brand_id`",
+            ),
+            (
+                r#"{"type":"promo","brand_id":"acme","partner_id":"1"}"#,
+                "missing field `code`",
+            ),
+            (
+                r#"{"type":"promo","brand_id":"acme","code":"JANE 10","partner_id":"1"}"#,
+                "field `code`",
+            ),
+            (
+                r#"{"type":"promo","brand_id":"acme","code":"a|b","partner_id":"1"}"#,
+                "field `code`",
+            ),
+            (
+                r#"{"type":"promo","brand_id":"acme","code":"JANE10"}"#,
+                "missing field `partner_id`",
+            ),
+            (
+                r#"{"type":"promo","brand_id":"acme","code":"J","partner_id":"1","valid_from":"2030-01-01T00:00:00Z","valid_until":"2020-01-01T00:00:00Z"}"#,
+                "before",
+            ),
+        ] {
+            let error = parse_record(line).unwrap_err();
+            assert!(error.0.contains(reason), "{line}: {error}");
+        }
     }
 }

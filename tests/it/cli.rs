@@ -63,6 +63,24 @@ fn check_accepts_a_file_and_reports_skipped_lines() {
     );
 }
 
+/// SPEC §8: brand and promo records go in the same file as links.
+#[test]
+fn check_counts_brand_and_promo_records() {
+    let file = links_file(
+        "\
+{\"type\":\"fallback\",\"host\":\"a.io\",\"url\":\"https://a.com/\"}
+{\"type\":\"brand\",\"brand_id\":\"acme\",\"hosts\":[\"a.io\"],\"action_keys\":[\"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"],\"origins\":[\"https://www.acme.com\"],\"click_window_days\":30}
+{\"type\":\"promo\",\"brand_id\":\"acme\",\"code\":\"JANE10\",\"partner_id\":\"1234\"}
+{\"type\":\"promo\",\"brand_id\":\"acme\",\"code\":\"JANE 10\",\"partner_id\":\"1234\"}
+",
+    );
+    let (code, stdout, stderr) = run(binary().args(["--check", "--links"]).arg(file.path()));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("OK, 3 records"), "{stdout}");
+    assert!(stdout.contains("1 brand, 1 promo"), "{stdout}");
+    assert!(stderr.contains("line 4: field `code`"), "{stderr}");
+}
+
 #[test]
 fn check_strict_fails_naming_every_bad_line() {
     let file = links_file(MIXED);

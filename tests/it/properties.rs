@@ -18,7 +18,7 @@ fn record(forward_query: bool) -> std::sync::Arc<Link> {
     );
     match parse_record(&line).unwrap() {
         Record::Link(link) => link,
-        Record::AppSite(_) => unreachable!("a tracking record"),
+        _ => unreachable!("a tracking record"),
     }
 }
 
