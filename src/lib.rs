@@ -22,6 +22,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod action;
 mod background;
 pub mod click_id;
 pub mod config;
