@@ -435,7 +435,8 @@ fn metadata(text: &str) -> Result<BTreeMap<String, String>, ActionError> {
     Ok(values)
 }
 
-/// Something shaped like an email address: text, `@`, a domain with a dot.
+/// Something shaped like an email address: text, `@`, a domain of two labels or
+/// more whose last is letters (`jane@example.co.uk`; not `PACK@2.5KG`).
 fn looks_like_email(text: &str) -> bool {
     text.match_indices('@').any(|(at, _)| {
         let local = text[..at].chars().next_back();
@@ -443,8 +444,13 @@ fn looks_like_email(text: &str) -> bool {
             .chars()
             .take_while(|c| c.is_alphanumeric() || matches!(c, '.' | '-'))
             .collect();
+        let domain = domain.trim_end_matches('.');
+        let top = domain.rsplit('.').next().unwrap_or_default();
         local.is_some_and(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
-            && domain.trim_matches('.').contains('.')
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && top.chars().count() >= 2
+            && top.chars().all(char::is_alphabetic)
     })
 }
 
@@ -651,7 +657,10 @@ mod tests {
             vec![r#"{"sku":"a"}"#; MAX_ITEMS + 1].join(",")
         );
         assert_eq!(check(&many).unwrap_err().field, "items");
-        // Not emails: an at sign without a domain, a handle.
-        assert!(check(r#"{"event":"lead","metadata":{"handle":"@jane","note":"2 @ 3"}}"#).is_ok());
+        // Not emails: a handle, a lone at sign, a size.
+        assert!(check(
+            r#"{"event":"lead","metadata":{"handle":"@jane","note":"2 @ 3"},"items":[{"sku":"PACK@2.5KG"}]}"#
+        )
+        .is_ok());
     }
 }
