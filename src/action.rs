@@ -6,6 +6,9 @@
 //! Amounts and prices are decimals kept as the text that was sent (never a
 //! float); without an `amount`, the items' sum is computed exactly. Every
 //! refusal names its field.
+//!
+//! Why one long file: one action's rules, field by field, and their table tests;
+//! the endpoints live elsewhere.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -4,6 +4,9 @@
 //! Each server owns its recorder rather than installing a global one, so several
 //! servers in one process (the tests) keep separate counts. Handles are registered
 //! once and kept, so the request path increments an atomic and looks nothing up.
+//!
+//! Why one long file: every metric name and handle in one place, by design
+//! (Vector's way).
 
 use std::sync::{Arc, OnceLock};
 

@@ -1,8 +1,13 @@
-//! One link record: parsed from a JSON object and validated (SPEC §2).
+//! The records the map holds (SPEC §2 and §8): links, app-site files, brands and
+//! promo codes, in the shape the request path reads them (parsed and validated
+//! by `parse`, keyed by `key`).
 //!
-//! Everything a request needs is checked and precomputed here, once, at load time:
-//! lowercase hosts and slugs, the destination split into parts, the validity window
-//! in milliseconds. The request path then only compares and copies.
+//! Everything a request needs is precomputed at load time: lowercase hosts and
+//! slugs, the destination split into parts, the validity window in
+//! milliseconds, packed ids. The request path then only compares and copies.
+//!
+//! Why one long file: more than half of it is the record tests (parsing, keys,
+//! brands and promos), kept with the types they build.
 
 use std::sync::Arc;
 

@@ -3,6 +3,9 @@
 //! socket, no clock, no Kafka: the SPEC §2 rules are tested here as tables, and
 //! the response, the event and the metric labels are all derived from the
 //! [`Answer`].
+//!
+//! Why one long file: two thirds of it are SPEC §2's rules as table tests, beside
+//! the decision they test.
 
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
