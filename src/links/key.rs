@@ -3,8 +3,6 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value};
-
 use super::parse::{is_valid_id, normalize_record_host, parse_promo_code, parse_slug, KeyFields};
 use super::record::{invalid, LinkKind, Record, RecordError};
 
@@ -59,99 +57,95 @@ impl fmt::Display for RecordKey {
 }
 
 impl RecordKey {
-    /// A key object as `DELETE /admin/links` takes it: the record's `type` and its
-    /// key fields, e.g. `{"type":"vanity","host":"acme.pxf.io","slug":"janes-picks"}`.
-    /// Read as records are (one reader, the same reasons).
-    pub fn from_object(obj: &Map<String, Value>) -> Result<RecordKey, RecordError> {
-        let text = serde_json::to_string(obj).map_err(|e| invalid(e.to_string()))?;
-        let key = KeyFields::read(&text)?;
-        match &*key.kind {
-            "brand" => Ok(RecordKey::Brand {
-                brand_id: key.part("brand_id")?,
-            }),
-            "promo" => Ok(RecordKey::Promo {
-                brand_id: key.part("brand_id")?,
-                code: key.part("code")?,
-            }),
-            kind => RecordKey::build(kind, key.host()?, |field| key.part(field)),
-        }
+    /// A key object as `DELETE /admin/links` takes it, as JSON text: the
+    /// record's `type` and its key fields, e.g.
+    /// `{"type":"vanity","host":"acme.pxf.io","slug":"janes-picks"}`. Read as
+    /// records are (one reader, the same reasons).
+    pub fn from_json(text: &str) -> Result<RecordKey, RecordError> {
+        let key = KeyFields::read(text)?;
+        // The host is checked before the other parts, as a record's is.
+        let host = (!keyed_by_brand(&key.kind))
+            .then(|| key.host())
+            .transpose()?;
+        RecordKey::build(&key.kind, host, |field| key.part(field))
     }
 
     /// The text form, as the links topic keys its messages:
-    /// `tracking|acme.sjv.io|9012|5678`, `vanity|acme.pxf.io|janes-picks`.
+    /// `tracking|acme.sjv.io|9012|5678`, `vanity|acme.pxf.io|janes-picks`,
+    /// `brand|acme`, `promo|acme|jane10`.
     pub fn parse_text(text: &str) -> Result<RecordKey, RecordError> {
         let mut parts = text.split('|');
         let kind = parts.next().unwrap_or_default();
-        // A brand's records are keyed by the brand, not by a host.
-        if matches!(kind, "brand" | "promo") {
-            let fields: Vec<&str> = parts.collect();
-            let valid_brand = |id: &str| {
-                is_valid_id(id)
-                    .then(|| Box::<str>::from(id))
-                    .ok_or_else(|| invalid(format!("`brand_id` {id:?} is not an id")))
-            };
-            return match (kind, &fields[..]) {
-                ("brand", [brand_id]) => Ok(RecordKey::Brand {
-                    brand_id: valid_brand(brand_id)?,
-                }),
-                ("promo", [brand_id, code]) => Ok(RecordKey::Promo {
-                    brand_id: valid_brand(brand_id)?,
-                    code: parse_promo_code(code)?,
-                }),
-                _ => Err(invalid(format!(
-                    "key {text:?} is not `brand|brand_id` or `promo|brand_id|code`"
-                ))),
-            };
-        }
-        let host =
-            normalize_record_host(parts.next().ok_or_else(|| invalid("the key has no host"))?)?;
-        let fields: Vec<&str> = parts.collect();
-        let expected = match kind {
-            "tracking" => 2,
-            "vanity" => 1,
-            _ => 0,
+        let by_brand = keyed_by_brand(kind);
+        let host = if by_brand {
+            None
+        } else {
+            let host = parts.next().ok_or_else(|| invalid("the key has no host"))?;
+            Some(normalize_record_host(host)?)
         };
-        if fields.len() != expected {
-            return Err(invalid(format!(
-                "key {text:?} is not `type|host[|…]` as the record type `{kind}` needs"
-            )));
+        let fields: Vec<&str> = parts.collect();
+        let names: &[&str] = match kind {
+            "tracking" => &["campaign_id", "ad_id"],
+            "vanity" => &["slug"],
+            "brand" => &["brand_id"],
+            "promo" => &["brand_id", "code"],
+            _ => &[],
+        };
+        if fields.len() != names.len() {
+            return Err(invalid(if by_brand {
+                format!("key {text:?} is not `brand|brand_id` or `promo|brand_id|code`")
+            } else {
+                format!("key {text:?} is not `type|host[|…]` as the record type `{kind}` needs")
+            }));
         }
         RecordKey::build(kind, host, |field| {
-            let value = match field {
-                "campaign_id" | "slug" => fields[0],
-                _ => fields[1],
-            };
-            if field == "slug" {
-                parse_slug(value)
-            } else if is_valid_id(value) {
-                Ok(value.into())
-            } else {
-                Err(invalid(format!("`{field}` {value:?} is not an id")))
+            let at = names.iter().position(|name| *name == field);
+            let value = at.map_or("", |at| fields[at]);
+            match field {
+                "slug" => parse_slug(value),
+                "code" => parse_promo_code(value),
+                _ if is_valid_id(value) => Ok(value.into()),
+                _ => Err(invalid(format!("`{field}` {value:?} is not an id"))),
             }
         })
     }
 
+    /// The key of a record of type `kind`: its host (`None` for the types keyed
+    /// by brand) and its other parts, by field name.
     fn build(
         kind: &str,
-        host: Box<str>,
+        host: Option<Box<str>>,
         mut field: impl FnMut(&str) -> Result<Box<str>, RecordError>,
     ) -> Result<RecordKey, RecordError> {
+        let host = || host.ok_or_else(|| invalid("the key has no host"));
         Ok(match kind {
             "tracking" => RecordKey::Tracking {
-                host,
+                host: host()?,
                 campaign_id: field("campaign_id")?,
                 ad_id: field("ad_id")?,
             },
             "vanity" => RecordKey::Vanity {
-                host,
+                host: host()?,
                 slug: field("slug")?,
             },
-            "domain" => RecordKey::Domain { host },
-            "fallback" => RecordKey::Fallback { host },
-            "app_site" => RecordKey::AppSite { host },
+            "domain" => RecordKey::Domain { host: host()? },
+            "fallback" => RecordKey::Fallback { host: host()? },
+            "app_site" => RecordKey::AppSite { host: host()? },
+            "brand" => RecordKey::Brand {
+                brand_id: field("brand_id")?,
+            },
+            "promo" => RecordKey::Promo {
+                brand_id: field("brand_id")?,
+                code: field("code")?,
+            },
             other => return Err(invalid(format!("unknown type `{other}`"))),
         })
     }
+}
+
+/// A brand's records are keyed by the brand, not by a host.
+fn keyed_by_brand(kind: &str) -> bool {
+    matches!(kind, "brand" | "promo")
 }
 
 impl Record {

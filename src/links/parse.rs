@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -110,12 +110,6 @@ pub fn parse_record(line: &str) -> Result<Record, RecordError> {
 /// Parses one NDJSON line, sharing hosts and destinations through `cache`.
 pub fn parse_record_with(line: &str, cache: &mut LoadCache) -> Result<Record, RecordError> {
     validate(Fields::read(line, "record")?, cache)
-}
-
-/// Validates a record already parsed as a JSON object.
-pub fn record_from_object(obj: &Map<String, Value>) -> Result<Record, RecordError> {
-    let text = serde_json::to_string(obj).map_err(|e| invalid(e.to_string()))?;
-    parse_record(&text)
 }
 
 /// The record fields a line holds, each as its raw JSON text (borrowed from the

@@ -428,7 +428,7 @@ mod tests {
     #[test]
     fn keys_parse_from_objects_and_text_normalized() {
         let obj = serde_json::json!({"type":"vanity","host":"ACME.pxf.io","slug":"Janes-Picks"});
-        let key = RecordKey::from_object(obj.as_object().unwrap()).unwrap();
+        let key = RecordKey::from_json(&obj.to_string()).unwrap();
         assert_eq!(key.to_string(), "vanity|acme.pxf.io|janes-picks");
         for text in [
             "tracking|acme.sjv.io|9012|5678",
@@ -450,7 +450,7 @@ mod tests {
             assert!(RecordKey::parse_text(bad).is_err(), "{bad}");
         }
         let obj = serde_json::json!({"type":"tracking","host":"a.io","campaign_id":"1"});
-        assert!(RecordKey::from_object(obj.as_object().unwrap())
+        assert!(RecordKey::from_json(&obj.to_string())
             .unwrap_err()
             .0
             .contains("ad_id"));
@@ -594,18 +594,13 @@ mod tests {
 
     #[test]
     fn a_key_object_is_read_as_a_record_is() {
-        let obj = |text: &str| serde_json::from_str::<Value>(text).unwrap();
-        let key = RecordKey::from_object(
-            obj(r#"{"type":"tracking","host":"Acme.sjv.io.","campaign_id":9012,"ad_id":"5678"}"#)
-                .as_object()
-                .unwrap(),
+        let key = RecordKey::from_json(
+            r#"{"type":"tracking","host":"Acme.sjv.io.","campaign_id":9012,"ad_id":"5678"}"#,
         )
         .unwrap();
         assert_eq!(key.to_string(), "tracking|acme.sjv.io|9012|5678");
-        let refused = RecordKey::from_object(
-            obj(r#"{"type":"tracking","host":"acme.sjv.io","campaign_id":[1],"ad_id":"5678"}"#)
-                .as_object()
-                .unwrap(),
+        let refused = RecordKey::from_json(
+            r#"{"type":"tracking","host":"acme.sjv.io","campaign_id":[1],"ad_id":"5678"}"#,
         );
         assert_eq!(
             refused.unwrap_err().0,
@@ -671,14 +666,7 @@ mod tests {
         ] {
             assert!(RecordKey::parse_text(bad).is_err(), "{bad}");
         }
-        let key = |text: &str| {
-            RecordKey::from_object(
-                serde_json::from_str::<Value>(text)
-                    .unwrap()
-                    .as_object()
-                    .unwrap(),
-            )
-        };
+        let key = RecordKey::from_json;
         assert_eq!(
             key(r#"{"type":"promo","brand_id":"acme","code":"Jane10"}"#)
                 .unwrap()

@@ -262,14 +262,7 @@ fn upsert_links(state: &AppState, body: &[u8]) -> Response<Body> {
 }
 
 fn delete_links(state: &AppState, body: &[u8]) -> Response<Body> {
-    let keys = match parse_lines(body, |line| {
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| RecordError(format!("not valid JSON: {e}")))?;
-        let Value::Object(obj) = value else {
-            return Err(RecordError("a key must be a JSON object".into()));
-        };
-        RecordKey::from_object(&obj)
-    }) {
+    let keys = match parse_lines(body, RecordKey::from_json) {
         Ok(keys) => keys,
         Err(response) => return *response,
     };
