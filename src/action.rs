@@ -20,6 +20,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::click_id::ClickId;
+use crate::json::FieldName;
 
 /// Items in one action, at most.
 pub const MAX_ITEMS: usize = 500;
@@ -119,7 +120,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
 
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Members<'de>, M::Error> {
                 let mut members = Vec::new();
-                while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(FieldName(name)) = map.next_key::<FieldName<'de>>()? {
                     members.push((name, map.next_value::<&'de RawValue>()?));
                 }
                 Ok(Members(members))

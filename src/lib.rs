@@ -30,6 +30,7 @@ pub mod consume;
 pub mod destination;
 pub mod event;
 pub mod host;
+mod json;
 pub mod links;
 mod metrics;
 mod server;

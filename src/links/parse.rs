@@ -26,6 +26,7 @@ use super::record::{
     RecordError, RedirectStatus,
 };
 use crate::destination::{Destination, HostPatterns};
+use crate::json::FieldName;
 
 /// Shares hosts and destinations between the records of one load, so a million
 /// links to a thousand landing pages hold a thousand destinations. Destinations
@@ -197,31 +198,6 @@ impl<'de> Deserialize<'de> for RawFields<'de> {
             }
         }
         deserializer.deserialize_map(Fields)
-    }
-}
-
-/// A field's name, borrowed from the line (serde's `Cow` would copy every one).
-struct FieldName<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for FieldName<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Name;
-        impl<'de> Visitor<'de> for Name {
-            type Value = FieldName<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a field name")
-            }
-
-            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<FieldName<'de>, E> {
-                Ok(FieldName(Cow::Borrowed(name)))
-            }
-
-            fn visit_str<E>(self, name: &str) -> Result<FieldName<'de>, E> {
-                Ok(FieldName(Cow::Owned(name.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(Name)
     }
 }
 
