@@ -187,10 +187,8 @@ impl EventSink {
         match batch::push(self.id, key.as_bytes(), write_value) {
             Ok(None) => {}
             Ok(Some(full)) => self.hand_over(full),
-            Err(error) => {
-                self.metrics.event(EventResult::Dropped, 1);
-                error!(message = "Click event dropped.", %error);
-            }
+            // The one refusal: an event over the spool's frame size.
+            Err(_) => self.dropped(1, "Click events dropped: larger than a spool frame takes."),
         }
     }
 
@@ -224,12 +222,17 @@ impl EventSink {
             return;
         }
         self.queued.fetch_sub(events, Ordering::Relaxed);
+        self.dropped(
+            events,
+            "Click events dropped: the event pump is not keeping up (disk stalled?).",
+        );
+    }
+
+    /// Counts `events` lost for `why`, and logs it at most once a second.
+    fn dropped(&self, events: usize, why: &'static str) {
         self.metrics.event(EventResult::Dropped, events as u64);
         if let Some(dropped) = self.drops.tick_n(events as u64) {
-            error!(
-                message = "Click events dropped: the event pump is not keeping up (disk stalled?).",
-                dropped
-            );
+            error!(message = why, dropped);
         }
     }
 
@@ -307,6 +310,10 @@ struct JournalState {
     /// The last write reached the disk (or the disk has room again since).
     writable: AtomicBool,
 }
+
+/// An event of a pump turn: where it was appended (none if the disk refused it),
+/// its key and its value.
+type Journaled<'b> = (Option<Appended>, &'b [u8], &'b [u8]);
 
 /// Events the disk refused that are held in memory for another try, at most:
 /// beyond it they are dropped (counted) rather than grow memory without bound
@@ -443,42 +450,20 @@ impl Pump {
             && self.resend.is_empty()
             && self.kafka.health() != BrokerHealth::Down;
         // Every event of the turn, and where it went on disk if it was appended.
-        let mut appended: Vec<(Option<Appended>, &[u8], &[u8])> = Vec::new();
+        let mut appended: Vec<Journaled<'_>> = Vec::new();
         let mut failure = None;
         for held in batches {
-            if failure.is_some() {
-                appended.extend(held.frames().map(|(key, value, _)| (None, key, value)));
+            if self.append_run(held.bytes(), held.frames(), &mut appended, &mut failure) {
                 continue;
             }
-            match self.spool.append_frames(held.bytes()) {
-                Ok(placed) => appended.extend(
-                    held.frames()
-                        .map(|(key, value, end)| (Some(placed.frame_ending(end)), key, value)),
-                ),
-                // The batch does not fit whole: event by event, as many as fit.
-                Err((SpoolError::Full { .. }, _)) => {
-                    for (key, value, _) in held.frames() {
-                        if failure.is_some() {
-                            appended.push((None, key, value));
-                            continue;
-                        }
-                        match self.spool.append(key, value) {
-                            Ok(at) => appended.push((Some(at), key, value)),
-                            Err(SpoolError::Full { .. }) => self.drop_event(
-                                "Click events dropped: the spool is full (--spool-max-bytes).",
-                            ),
-                            Err(error) => {
-                                failure = Some(error);
-                                appended.push((None, key, value));
-                            }
-                        }
-                    }
-                }
-                Err((error, placed)) => {
-                    failure = Some(error);
-                    appended.extend(held.frames().map(|(key, value, end)| {
-                        (placed.map(|placed| placed.frame_ending(end)), key, value)
-                    }));
+            // The batch does not fit whole: frame by frame, as many as fit.
+            let mut start = 0;
+            for (key, value, end) in held.frames() {
+                let frame = &held.bytes()[start..end];
+                let one = std::iter::once((key, value, end - start));
+                start = end;
+                if !self.append_run(frame, one, &mut appended, &mut failure) {
+                    self.drop_event("Click events dropped: the spool is full (--spool-max-bytes).");
                 }
             }
         }
@@ -531,6 +516,37 @@ impl Pump {
         if spooled > 0 {
             self.metrics.event(EventResult::Spooled, spooled);
         }
+    }
+
+    /// Appends `bytes`, whole frames (`frames`: each one's key, value and end
+    /// within `bytes`), with one write, noting where each went in `appended`;
+    /// after a write error (in `failure`), frames are noted with no place. Returns
+    /// false, noting nothing, when the spool has no room for them all.
+    fn append_run<'b>(
+        &mut self,
+        bytes: &'b [u8],
+        frames: impl Iterator<Item = (&'b [u8], &'b [u8], usize)>,
+        appended: &mut Vec<Journaled<'b>>,
+        failure: &mut Option<SpoolError>,
+    ) -> bool {
+        let placed = if failure.is_some() {
+            None
+        } else {
+            match self.spool.append_frames(bytes) {
+                Ok(placed) => Some(placed),
+                Err((SpoolError::Full { .. }, _)) => return false,
+                Err((error, placed)) => {
+                    *failure = Some(error);
+                    placed
+                }
+            }
+        };
+        appended.extend(
+            frames.map(|(key, value, end)| {
+                (placed.map(|placed| placed.frame_ending(end)), key, value)
+            }),
+        );
+        true
     }
 
     /// The disk failed for this event: Kafka directly rather than lose it, whatever
