@@ -20,7 +20,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::click_id::ClickId;
-use crate::json::FieldName;
+use crate::json::{given, FieldName};
 
 /// Items in one action, at most.
 pub const MAX_ITEMS: usize = 500;
@@ -132,11 +132,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
 
 /// The members of the JSON object `text`, each name at most once, every name
 /// one of `known` (`what` names the object in reasons).
-fn members<'a>(
-    text: &'a str,
-    known: &[&str],
-    what: &str,
-) -> Result<BTreeMap<Cow<'a, str>, &'a RawValue>, ActionError> {
+fn members<'a>(text: &'a str, known: &[&str], what: &str) -> Result<Fields<'a>, ActionError> {
     let Members(list) = serde_json::from_str::<Members<'a>>(text)
         .map_err(|e| refuse(what, format!("must be a JSON object ({e})")))?;
     let mut fields = BTreeMap::new();
@@ -148,7 +144,17 @@ fn members<'a>(
             return Err(refuse(&format!("{what}.{name}"), "given twice"));
         }
     }
-    Ok(fields)
+    Ok(Fields(fields))
+}
+
+/// An object's known fields, by name.
+struct Fields<'a>(BTreeMap<Cow<'a, str>, &'a RawValue>);
+
+impl<'a> Fields<'a> {
+    /// A field's raw JSON, `None` when absent or `null`.
+    fn get(&self, name: &str) -> Option<&'a str> {
+        given(self.0.get(name).copied())
+    }
 }
 
 const FIELDS: &[&str] = &[
@@ -174,12 +180,7 @@ pub fn parse_action(text: &str, context: &Context<'_>) -> Result<Action, ActionE
         field: e.field.trim_start_matches("action.").to_owned(),
         ..e
     })?;
-    let get = |name: &str| {
-        fields
-            .get(name)
-            .map(|raw| raw.get())
-            .filter(|t| *t != "null")
-    };
+    let get = |name: &str| fields.get(name);
 
     let event = string(get("event"), "event")?.ok_or_else(|| refuse("event", "missing"))?;
     if !(1..=32).contains(&event.len())
@@ -390,12 +391,7 @@ fn items(text: &str) -> Result<Vec<Item>, ActionError> {
         .map(|(i, raw)| {
             let what = format!("items[{i}]");
             let fields = members(raw.get(), ITEM_FIELDS, &what)?;
-            let get = |name: &str| {
-                fields
-                    .get(name)
-                    .map(|raw| raw.get())
-                    .filter(|t| *t != "null")
-            };
+            let get = |name: &str| fields.get(name);
             let field = |name: &str| format!("{what}.{name}");
             let sku = printable(get("sku"), &field("sku"), 128)?
                 .ok_or_else(|| refuse(&field("sku"), "missing"))?;

@@ -5,6 +5,12 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, Visitor};
+use serde_json::value::RawValue;
+
+/// A member's raw JSON, `None` when absent or `null`.
+pub(crate) fn given(raw: Option<&RawValue>) -> Option<&str> {
+    raw.map(RawValue::get).filter(|text| *text != "null")
+}
 
 /// A member's name, borrowed from the text unless escaped (serde's `Cow`
 /// would copy every one).

@@ -26,7 +26,7 @@ use super::record::{
     RecordError, RedirectStatus,
 };
 use crate::destination::{Destination, HostPatterns};
-use crate::json::FieldName;
+use crate::json::{given, FieldName};
 
 /// Shares hosts and destinations between the records of one load, so a million
 /// links to a thousand landing pages hold a thousand destinations. Destinations
@@ -226,11 +226,6 @@ struct Fields<'a> {
     origins: Option<Vec<Cow<'a, str>>>,
     click_window_days: Option<u64>,
     code: Option<Cow<'a, str>>,
-}
-
-/// A field's raw JSON, `None` when absent or `null`.
-fn given(raw: Option<&RawValue>) -> Option<&str> {
-    raw.map(RawValue::get).filter(|text| *text != "null")
 }
 
 /// A JSON string, borrowed from the line unless it has escapes. `text` is one
