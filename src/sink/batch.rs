@@ -64,8 +64,6 @@ impl FrameBatch {
 struct ThreadBatch {
     sink: u64,
     batch: FrameBatch,
-    /// The size the last handed-over batch reached: the next starts that large.
-    last_len: usize,
 }
 
 thread_local! {
@@ -78,7 +76,6 @@ pub fn attach(sink: u64) {
         *cell.borrow_mut() = Some(ThreadBatch {
             sink,
             batch: FrameBatch::with_capacity(MIN_CAPACITY),
-            last_len: MIN_CAPACITY,
         })
     });
 }
@@ -129,10 +126,12 @@ pub fn detach(sink: u64) -> Option<FrameBatch> {
 }
 
 impl ThreadBatch {
+    /// The batch so far; the next starts as large as this one grew.
     fn take(&mut self) -> FrameBatch {
-        self.last_len = self.batch.bytes.len();
         let capacity = self
-            .last_len
+            .batch
+            .bytes
+            .len()
             .clamp(MIN_CAPACITY, FLUSH_BYTES + FLUSH_BYTES / 4);
         std::mem::replace(&mut self.batch, FrameBatch::with_capacity(capacity))
     }
