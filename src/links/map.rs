@@ -90,8 +90,9 @@ pub struct LinkMap {
     /// Host → the brand whose reports it takes (the latest brand record to
     /// name a host has it).
     brand_hosts: HashMap<Box<str>, Box<str>>,
-    /// Promo codes by (brand id, lowercase code).
-    promos: HashMap<(Box<str>, Box<str>), Arc<Promo>>,
+    /// Promo codes by brand id, then lowercase code (found without a copy of
+    /// either).
+    promos: HashMap<Box<str>, HashMap<Box<str>, Arc<Promo>>>,
     len: usize,
 }
 
@@ -134,7 +135,7 @@ impl LinkMap {
 
     /// A brand's promo code (`code` lowercase), whatever its window.
     pub fn promo(&self, brand_id: &str, code: &str) -> Option<&Arc<Promo>> {
-        self.promos.get(&(Box::from(brand_id), Box::from(code)))
+        self.promos.get(brand_id)?.get(code)
     }
 
     /// Adds a record, replacing one with the same key. Returns whether it replaced.
@@ -144,8 +145,12 @@ impl LinkMap {
             Record::AppSite(site) => &site.host,
             Record::Brand(brand) => return self.upsert_brand(brand.clone()),
             Record::Promo(promo) => {
-                let key = (promo.brand_id.clone(), promo.code.clone());
-                let replaced = self.promos.insert(key, promo.clone()).is_some();
+                let replaced = self
+                    .promos
+                    .entry(promo.brand_id.clone())
+                    .or_default()
+                    .insert(promo.code.clone(), promo.clone())
+                    .is_some();
                 self.len += usize::from(!replaced);
                 return replaced;
             }
@@ -213,10 +218,13 @@ impl LinkMap {
             | RecordKey::AppSite { host } => host,
             RecordKey::Brand { brand_id } => return self.remove_brand(brand_id),
             RecordKey::Promo { brand_id, code } => {
-                let removed = self
-                    .promos
-                    .remove(&(brand_id.clone(), code.clone()))
-                    .is_some();
+                let Some(codes) = self.promos.get_mut(&**brand_id) else {
+                    return false;
+                };
+                let removed = codes.remove(&**code).is_some();
+                if codes.is_empty() {
+                    self.promos.remove(&**brand_id);
+                }
                 self.len -= usize::from(removed);
                 return removed;
             }
@@ -254,7 +262,7 @@ impl LinkMap {
             counts.app_site += usize::from(host.app_site.is_some());
         }
         counts.brand = self.brands.len();
-        counts.promo = self.promos.len();
+        counts.promo = self.promos.values().map(HashMap::len).sum();
         counts
     }
 }
