@@ -63,11 +63,10 @@ impl RecordKey {
     /// records are (one reader, the same reasons).
     pub fn from_json(text: &str) -> Result<RecordKey, RecordError> {
         let key = KeyFields::read(text)?;
+        let kind = key.kind()?;
         // The host is checked before the other parts, as a record's is.
-        let host = (!keyed_by_brand(&key.kind))
-            .then(|| key.host())
-            .transpose()?;
-        RecordKey::build(&key.kind, host, |field| key.part(field))
+        let host = (!keyed_by_brand(kind)).then(|| key.host()).transpose()?;
+        RecordKey::build(kind, host, |field| key.part(field))
     }
 
     /// The text form, as the links topic keys its messages:

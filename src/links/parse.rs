@@ -361,15 +361,19 @@ impl<'a> Fields<'a> {
 
 /// A key object's parts (`DELETE /admin/links`), read as a record's fields are.
 pub(super) struct KeyFields<'a> {
-    pub kind: Cow<'a, str>,
     fields: Fields<'a>,
 }
 
 impl<'a> KeyFields<'a> {
     pub fn read(text: &'a str) -> Result<KeyFields<'a>, RecordError> {
-        let fields = Fields::read(text, "key")?;
-        let kind = Cow::Owned(required(&fields.kind, "type")?.to_owned());
-        Ok(KeyFields { kind, fields })
+        Ok(KeyFields {
+            fields: Fields::read(text, "key")?,
+        })
+    }
+
+    /// The record type the key is of.
+    pub fn kind(&self) -> Result<&str, RecordError> {
+        required(&self.fields.kind, "type")
     }
 
     pub fn host(&self) -> Result<Box<str>, RecordError> {
