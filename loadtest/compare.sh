@@ -74,6 +74,7 @@ tansu=$!
 trap 'kill $tansu 2>/dev/null || true; pkill -P $$ 2>/dev/null || true' EXIT
 sleep 1
 "$TANSU" topic create clicks --broker tcp://127.0.0.1:19192 --partitions 3 >/dev/null
+"$TANSU" topic create actions --broker tcp://127.0.0.1:19192 --partitions 3 >/dev/null
 
 read -r probe_host probe_path < <(head -1 "$data/targets.txt")
 echo "| server | redirects/s | p50 ms | p99 ms | p99.9 ms | CPU µs/redirect | × nginx | syscalls/req | ctx switches/req | RSS MB | ready s |" >"$out.md"

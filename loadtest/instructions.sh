@@ -37,6 +37,7 @@ tansu=$!
 trap 'kill $tansu 2>/dev/null || true; pkill -P $$ 2>/dev/null || true' EXIT
 sleep 1
 "$TANSU" topic create clicks --broker tcp://127.0.0.1:19292 --partitions 3 >/dev/null
+"$TANSU" topic create actions --broker tcp://127.0.0.1:19292 --partitions 3 >/dev/null
 
 RUST_LOG=warn valgrind --tool=callgrind --separate-threads=yes --compress-strings=no --compress-pos=no \
   --callgrind-out-file="$work/cg.%p" \

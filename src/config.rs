@@ -202,6 +202,15 @@ pub struct RunArgs {
     )]
     pub kafka_topic: String,
 
+    /// Topic of the action events (conversions brands report).
+    #[arg(
+        long,
+        env = "CLICKEDGE_ACTIONS_TOPIC",
+        default_value = "actions",
+        value_name = "TOPIC"
+    )]
+    pub actions_topic: String,
+
     #[command(flatten)]
     pub kafka_options: KafkaOptions,
 
@@ -323,6 +332,8 @@ pub enum ConfigError {
     KafkaOption(String),
     #[error("{0:?} is not a Kafka topic name (1-249 characters of [A-Za-z0-9._-])")]
     Topic(String),
+    #[error("--actions-topic and --kafka-topic are both {0:?}: actions and clicks need topics of their own (their consumers read different schemas)")]
+    SameTopic(String),
     #[error("--trusted-proxies {0:?} is not an address or CIDR (like 10.0.0.0/8)")]
     TrustedProxy(String),
     #[error("--https needs --tls-certs (a directory of certificates)")]
@@ -397,10 +408,14 @@ impl Config {
         if !is_topic_name(&topic) {
             return Err(ConfigError::Topic(topic));
         }
-        if let Some(links_topic) = &args.links_topic {
-            if !is_topic_name(links_topic) {
-                return Err(ConfigError::Topic(links_topic.clone()));
+        let actions_topic = args.actions_topic;
+        for name in std::iter::once(&actions_topic).chain(&args.links_topic) {
+            if !is_topic_name(name) {
+                return Err(ConfigError::Topic(name.clone()));
             }
+        }
+        if actions_topic == topic {
+            return Err(ConfigError::SameTopic(topic));
         }
         if args.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err(ConfigError::AdminToken);
@@ -473,6 +488,7 @@ impl Config {
             kafka: KafkaSettings {
                 brokers,
                 topic,
+                actions_topic,
                 options,
                 client_id: format!("clickedge-{node_id}"),
                 links_topic: args.links_topic,

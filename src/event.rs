@@ -261,7 +261,10 @@ fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
-fn ts_millis<S: serde::Serializer>(ts: &OffsetDateTime, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ts_millis<S: serde::Serializer>(
+    ts: &OffsetDateTime,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     let mut text = Vec::with_capacity(24);
     Json(&mut text).timestamp(ts);
     serializer.serialize_str(std::str::from_utf8(&text).expect("digits and punctuation"))

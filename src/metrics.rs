@@ -16,10 +16,13 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::links::LinkCounts;
+use crate::sink::Topic;
 
 pub const REQUESTS_TOTAL: &str = "clickedge_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "clickedge_request_duration_seconds";
 pub const CLICK_EVENTS_TOTAL: &str = "clickedge_click_events_total";
+pub const ACTION_EVENTS_TOTAL: &str = "clickedge_action_events_total";
+pub const ACTIONS_TOTAL: &str = "clickedge_actions_total";
 pub const SPOOL_SIZE_BYTES: &str = "clickedge_spool_size_bytes";
 /// `--spool-max-bytes`, so alerts can say how full the spool is.
 pub const SPOOL_MAX_BYTES: &str = "clickedge_spool_max_bytes";
@@ -55,13 +58,15 @@ const HELP: &[(&str, &str)] = &[
     (REQUESTS_TOTAL, "Requests answered on the edge listeners, by record type, outcome and status."),
     (REQUEST_DURATION_SECONDS, "Time to answer an edge request, from its head parsed to its response built."),
     (CLICK_EVENTS_TOTAL, "Click events by what happened to them: queued to Kafka, delivered, spooled to disk, replayed from the spool, failed (and sent again), dropped (lost)."),
+    (ACTION_EVENTS_TOTAL, "Action events (action.v1) by what happened to them, as for click events: queued, delivered, spooled, replayed, failed, dropped."),
+    (ACTIONS_TOTAL, "Action reports by channel (api, pixel, tag) and result: accepted (an event each), rejected (invalid: no event), unauthorized (no or a wrong key)."),
     (SPOOL_SIZE_BYTES, "Bytes of the disk spool's segment files."),
     (SPOOL_MAX_BYTES, "The spool's bound (--spool-max-bytes); beyond it new events are dropped."),
     (SPOOL_SEGMENTS, "Segment files in the spool."),
     (SPOOL_BACKLOG_BYTES, "Bytes in the spool not yet sent to Kafka: what replay still has to do."),
     (SPOOL_CORRUPT_RECORDS_TOTAL, "Torn or corrupt records found in the spool and skipped."),
     (KAFKA_QUEUE_MESSAGES, "Messages in the Kafka producer's queue, not yet acknowledged."),
-    (KAFKA_BROKER_UP, "1 while the broker answers for the click topic, else 0."),
+    (KAFKA_BROKER_UP, "1 while the broker answers for both event topics (clicks and actions), else 0."),
     (KAFKA_PRODUCER_RENEWALS_TOTAL, "Kafka producers replaced after a fatal error (fenced by the broker, or out of sequence); their messages were sent again."),
     (LINKS, "Records in the link map, by type."),
     (LINKS_RELOADS_TOTAL, "Loads of the links file, by result; a failed one keeps the previous map."),
@@ -89,7 +94,8 @@ const DURATION_BUCKETS: &[f64] = &[
     0.25, 0.5, 1.0,
 ];
 
-/// What happened to a click event (`clickedge_click_events_total{result}`).
+/// What happened to an event (`clickedge_click_events_total{result}`, and the
+/// same for actions in `clickedge_action_events_total{result}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventResult {
     /// Handed to the producer's queue (sent live, replayed, or sent again).
@@ -128,6 +134,54 @@ impl EventResult {
     }
 }
 
+/// How an action reached the edge: the `channel` of `action.v1` and of
+/// `clickedge_actions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionChannel {
+    /// `POST /v1/actions` with a key.
+    Api,
+    /// `/v1/px` from a page's own pixel or beacon.
+    Pixel,
+    /// `/v1/px` sent by the first-party tag (`clickedge.track`).
+    Tag,
+}
+
+impl ActionChannel {
+    const ALL: [ActionChannel; 3] = [ActionChannel::Api, ActionChannel::Pixel, ActionChannel::Tag];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionChannel::Api => "api",
+            ActionChannel::Pixel => "pixel",
+            ActionChannel::Tag => "tag",
+        }
+    }
+}
+
+/// The `result` of `clickedge_actions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionResult {
+    Accepted,
+    Rejected,
+    Unauthorized,
+}
+
+impl ActionResult {
+    const ALL: [ActionResult; 3] = [
+        ActionResult::Accepted,
+        ActionResult::Rejected,
+        ActionResult::Unauthorized,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ActionResult::Accepted => "accepted",
+            ActionResult::Rejected => "rejected",
+            ActionResult::Unauthorized => "unauthorized",
+        }
+    }
+}
+
 /// The `type` label of `clickedge_requests_total`: the record type that answered, or
 /// `none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,10 +192,12 @@ pub enum RequestType {
     Fallback,
     AppSite,
     None,
+    /// The action endpoints, on a brand's hosts.
+    Brand,
 }
 
 impl RequestType {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
 
     fn as_str(self) -> &'static str {
         match self {
@@ -151,6 +207,7 @@ impl RequestType {
             RequestType::Fallback => "fallback",
             RequestType::AppSite => "app_site",
             RequestType::None => "none",
+            RequestType::Brand => "brand",
         }
     }
 }
@@ -167,10 +224,16 @@ pub enum Outcome {
     UnknownHost,
     MethodNotAllowed,
     BadRequest,
+    /// `POST /v1/actions`, whatever its answer.
+    Actions,
+    /// `/v1/px`.
+    Pixel,
+    /// `/v1/tag.js`.
+    Tag,
 }
 
 impl Outcome {
-    const COUNT: usize = 9;
+    const COUNT: usize = 12;
 
     fn as_str(self) -> &'static str {
         match self {
@@ -183,18 +246,27 @@ impl Outcome {
             Outcome::UnknownHost => "unknown_host",
             Outcome::MethodNotAllowed => "method_not_allowed",
             Outcome::BadRequest => "bad_request",
+            Outcome::Actions => "actions",
+            Outcome::Pixel => "pixel",
+            Outcome::Tag => "tag",
         }
     }
 }
 
 /// Statuses the edge answers with; the label must stay bounded.
-const STATUSES: [(u16, &str); 7] = [
+const STATUSES: [(u16, &str); 13] = [
     (200, "200"),
+    (202, "202"),
+    (204, "204"),
     (302, "302"),
+    (304, "304"),
     (307, "307"),
     (400, "400"),
+    (401, "401"),
+    (403, "403"),
     (404, "404"),
     (405, "405"),
+    (413, "413"),
     (500, "500"),
 ];
 
@@ -244,7 +316,10 @@ pub struct Metrics {
     /// One lazily registered counter per (type, outcome, status).
     requests: Box<[OnceLock<Counter>]>,
     request_duration: Histogram,
-    events: [Counter; 6],
+    /// By topic (clicks, actions), then result.
+    events: [[Counter; 6]; 2],
+    /// By channel, then result.
+    actions: [[Counter; 3]; 3],
     pub spool_size_bytes: Gauge,
     pub spool_max_bytes: Gauge,
     pub spool_segments: Gauge,
@@ -295,8 +370,16 @@ impl Metrics {
         let gauge = |name: &'static str, labels: &[(&'static str, &'static str)]| {
             recorder.register_gauge(&key(name, labels), &metadata())
         };
-        let events =
-            EventResult::ALL.map(|r| counter(CLICK_EVENTS_TOTAL, &[("result", r.as_str())]));
+        let events = [CLICK_EVENTS_TOTAL, ACTION_EVENTS_TOTAL]
+            .map(|family| EventResult::ALL.map(|r| counter(family, &[("result", r.as_str())])));
+        let actions = ActionChannel::ALL.map(|channel| {
+            ActionResult::ALL.map(|result| {
+                counter(
+                    ACTIONS_TOTAL,
+                    &[("channel", channel.as_str()), ("result", result.as_str())],
+                )
+            })
+        });
         let links = [
             "tracking", "vanity", "domain", "fallback", "app_site", "brand", "promo",
         ]
@@ -315,6 +398,7 @@ impl Metrics {
                 &metadata(),
             ),
             events,
+            actions,
             spool_size_bytes: gauge(SPOOL_SIZE_BYTES, &[]),
             spool_max_bytes: gauge(SPOOL_MAX_BYTES, &[]),
             spool_segments: gauge(SPOOL_SEGMENTS, &[]),
@@ -370,8 +454,13 @@ impl Metrics {
         self.kafka_producer_renewals.increment(1);
     }
 
-    pub fn event(&self, result: EventResult, count: u64) {
-        self.events[result as usize].increment(count);
+    pub fn event(&self, topic: Topic, result: EventResult, count: u64) {
+        self.events[topic as usize][result as usize].increment(count);
+    }
+
+    /// Counts `count` action reports of a request on `channel`.
+    pub fn actions(&self, channel: ActionChannel, result: ActionResult, count: u64) {
+        self.actions[channel as usize][result as usize].increment(count);
     }
 
     /// Records a (re)load of the link map.
@@ -474,7 +563,7 @@ mod tests {
         m.request(RequestType::Tracking, Outcome::Redirect, 302, 0.0001);
         m.request(RequestType::Tracking, Outcome::Redirect, 302, 0.0001);
         m.request(RequestType::None, Outcome::UnknownHost, 404, 0.00001);
-        m.event(EventResult::Queued, 3);
+        m.event(Topic::Clicks, EventResult::Queued, 3);
         m.upkeep();
         let text = m.render();
         assert!(
@@ -529,7 +618,7 @@ mod tests {
     fn servers_do_not_share_counts() {
         let a = Metrics::new();
         let b = Metrics::new();
-        a.event(EventResult::Dropped, 1);
+        a.event(Topic::Clicks, EventResult::Dropped, 1);
         assert!(a.render().contains(r#"result="dropped"} 1"#));
         assert!(b.render().contains(r#"result="dropped"} 0"#));
     }

@@ -4,7 +4,8 @@
 //! end of the data; and intact frames written before the damage all come back.
 #![no_main]
 
-use clickedge::sink::spool::{parse_frames, push_frame_with, write_frame, Frame};
+use clickedge::sink::spool::{parse_frames, push_frame_with, write_v1_frame, Frame};
+use clickedge::sink::Topic;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,20 +13,28 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // Intact frames first (their keys and values cut from the input; written as
-    // the pump's single events and as the workers' batches build them), then the
-    // input itself as damage.
+    // an older build's clicks, and as the workers' batches build clicks and
+    // actions), then the input itself as damage.
     let mut segment = Vec::new();
     let mut written = Vec::new();
     for n in 0..usize::from(records % 8) {
         let value = damage.get(n * 7..(n * 7 + 13).min(damage.len())).unwrap_or_default();
         let key = format!("key-{n}");
-        if n % 2 == 0 {
-            write_frame(&mut segment, key.as_bytes(), value).unwrap();
-        } else {
-            push_frame_with(&mut segment, key.as_bytes(), |buf| buf.extend_from_slice(value))
-                .unwrap();
+        let topic = match n % 3 {
+            0 => {
+                write_v1_frame(&mut segment, key.as_bytes(), value).unwrap();
+                Topic::Clicks
+            }
+            1 => Topic::Clicks,
+            _ => Topic::Actions,
+        };
+        if n % 3 != 0 {
+            push_frame_with(&mut segment, topic, key.as_bytes(), |buf| {
+                buf.extend_from_slice(value)
+            })
+            .unwrap();
         }
-        written.push((key.into_bytes(), value.to_vec()));
+        written.push((topic, key.into_bytes(), value.to_vec()));
     }
     let intact = segment.len() as u64;
     segment.extend_from_slice(damage);
@@ -48,9 +57,12 @@ fuzz_target!(|data: &[u8]| {
             let read: Vec<_> = frames
                 .iter()
                 .filter_map(|f| match f {
-                    Frame::Record { key, value, end } if *end - from <= intact => {
-                        Some((key.clone(), value.clone()))
-                    }
+                    Frame::Record {
+                        topic,
+                        key,
+                        value,
+                        end,
+                    } if *end - from <= intact => Some((*topic, key.clone(), value.clone())),
                     _ => None,
                 })
                 .collect();

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 pub use key::RecordKey;
 pub use map::{HostLinks, LinkCounts, LinkMap};
 pub use parse::{is_query_name, is_valid_id, parse_record, parse_record_with, LoadCache};
-pub use record::{AppLink, AppSite, Id, Link, LinkKind, Record, RecordError, RedirectStatus};
+pub use record::{
+    AppLink, AppSite, Brand, Id, Link, LinkKind, Record, RecordError, RedirectStatus,
+};
 pub use resolve::{resolve, AppSiteFile, Route};
 pub use snapshot::{SnapshotError, TopicSnapshot};
 pub use store::{Change, LinkStore};

@@ -190,10 +190,16 @@ fn service(
     service_fn(move |request| {
         let state = state.clone();
         async move {
+            let secure = listener == Listener::Https;
             Ok::<_, Infallible>(match listener {
-                Listener::Http => edge::handle(&state, &request, peer, false),
-                Listener::Https => edge::handle(&state, &request, peer, true),
                 Listener::Admin => admin::handle(&state, request).await,
+                // A brand's action endpoints read a body; a click never does.
+                _ => match edge::actions::route(&state, &request) {
+                    Some((route, brand)) => {
+                        edge::actions::handle(&state, route, brand, request, peer, secure).await
+                    }
+                    None => edge::handle(&state, &request, peer, secure),
+                },
             })
         }
     })

@@ -81,7 +81,7 @@ use self::connection::serve_admin_until;
 use crate::config::Config;
 use crate::links::{LinkStore, LinksSource, Loaded, TopicSnapshot};
 use crate::metrics::Metrics;
-use crate::sink::EventSink;
+use crate::sink::{EventSink, Topic};
 use crate::tls::CertStore;
 use crate::useragent::Classifier;
 
@@ -114,6 +114,8 @@ pub struct EdgeSettings {
     pub click_id_param: Box<str>,
     /// False with `--no-visitor-cookie`.
     pub visitor_cookie: bool,
+    /// `/v1/tag.js`, built once with `--click-id-param` in it.
+    pub tag: edge::actions::TagScript,
 }
 
 /// A connection, from admission to its requests.
@@ -253,6 +255,7 @@ impl Server {
             edge: EdgeSettings {
                 classifier: Classifier::new(),
                 node_id: config.node_id.into(),
+                tag: edge::actions::TagScript::new(&config.click_id_param),
                 click_id_param: config.click_id_param.into(),
                 visitor_cookie: config.visitor_cookie,
             },
@@ -399,7 +402,8 @@ impl Server {
             workers = worker_count,
             admin = %admin.local_addr()?,
             kafka = %state.sink.bootstrap(),
-            topic = %state.sink.topic(),
+            topic = %state.sink.topic(Topic::Clicks),
+            actions_topic = %state.sink.topic(Topic::Actions),
             links = state.links.load().len(),
             links_topic = if state.control.links_ready.load(Ordering::SeqCst) { "none" } else { "reading" },
         );

@@ -6,7 +6,8 @@
 
 use std::cell::RefCell;
 
-use super::spool::{built_frames, push_frame_with, SpoolError};
+use super::spool::{built_frames, push_frame_with, BuiltFrame, SpoolError};
+use super::Topic;
 
 /// A worker hands its batch over once it holds this much even if its runtime
 /// never sleeps (a saturated worker): about 40 click events.
@@ -18,34 +19,41 @@ const MIN_CAPACITY: usize = 1024;
 #[derive(Debug, Default)]
 pub struct FrameBatch {
     bytes: Vec<u8>,
-    events: usize,
+    /// Events by topic, for what a dropped batch counts.
+    events: [usize; 2],
 }
 
 impl FrameBatch {
     pub fn with_capacity(bytes: usize) -> FrameBatch {
         FrameBatch {
             bytes: Vec::with_capacity(bytes),
-            events: 0,
+            events: [0; 2],
         }
     }
 
     /// Appends one event, its value written in place.
     pub fn push_with(
         &mut self,
+        topic: Topic,
         key: &[u8],
         write_value: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), SpoolError> {
-        push_frame_with(&mut self.bytes, key, write_value)?;
-        self.events += 1;
+        push_frame_with(&mut self.bytes, topic, key, write_value)?;
+        self.events[topic as usize] += 1;
         Ok(())
     }
 
     pub fn events(&self) -> usize {
-        self.events
+        self.events.iter().sum()
+    }
+
+    /// The events of one topic.
+    pub fn events_of(&self, topic: Topic) -> usize {
+        self.events[topic as usize]
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events == 0
+        self.events() == 0
     }
 
     /// The frames as the spool writes them.
@@ -53,8 +61,8 @@ impl FrameBatch {
         &self.bytes
     }
 
-    /// Each event's key, value, and the offset just past its frame.
-    pub fn frames(&self) -> impl Iterator<Item = (&[u8], &[u8], usize)> {
+    /// Each event's topic, key, value, and the offset just past its frame.
+    pub fn frames(&self) -> impl Iterator<Item = BuiltFrame<'_>> {
         built_frames(&self.bytes)
     }
 }
@@ -85,6 +93,7 @@ pub fn attach(sink: u64) {
 /// one, a batch of this event alone; `Err` if the event is too large to keep.
 pub fn push(
     sink: u64,
+    topic: Topic,
     key: &[u8],
     write_value: impl FnOnce(&mut Vec<u8>),
 ) -> Result<Option<FrameBatch>, SpoolError> {
@@ -92,12 +101,12 @@ pub fn push(
         let mut slot = cell.borrow_mut();
         match slot.as_mut() {
             Some(local) if local.sink == sink => {
-                local.batch.push_with(key, write_value)?;
+                local.batch.push_with(topic, key, write_value)?;
                 Ok((local.batch.bytes.len() >= FLUSH_BYTES).then(|| local.take()))
             }
             _ => {
                 let mut alone = FrameBatch::with_capacity(MIN_CAPACITY);
-                alone.push_with(key, write_value)?;
+                alone.push_with(topic, key, write_value)?;
                 Ok(Some(alone))
             }
         }
@@ -141,9 +150,9 @@ impl ThreadBatch {
 mod tests {
     use super::*;
 
-    fn event(batch: &mut FrameBatch, key: &str, value: &str) {
+    fn event(batch: &mut FrameBatch, topic: Topic, key: &str, value: &str) {
         batch
-            .push_with(key.as_bytes(), |buf| {
+            .push_with(topic, key.as_bytes(), |buf| {
                 buf.extend_from_slice(value.as_bytes())
             })
             .unwrap();
@@ -152,28 +161,42 @@ mod tests {
     #[test]
     fn frames_come_back_as_pushed_and_parse_as_the_spool_reads_them() {
         let mut batch = FrameBatch::default();
-        event(&mut batch, "01J00000000000000000000000", "{\"a\":1}");
-        event(&mut batch, "k", "");
-        event(&mut batch, "", "value without a key");
+        event(
+            &mut batch,
+            Topic::Clicks,
+            "01J00000000000000000000000",
+            "{\"a\":1}",
+        );
+        event(&mut batch, Topic::Actions, "k", "");
+        event(&mut batch, Topic::Clicks, "", "value without a key");
         let frames: Vec<_> = batch.frames().collect();
         assert_eq!(frames.len(), 3);
-        assert_eq!(frames[0].0, b"01J00000000000000000000000");
-        assert_eq!(frames[0].1, b"{\"a\":1}");
-        assert_eq!(frames[1], (&b"k"[..], &b""[..], frames[1].2));
-        assert_eq!(frames[2].1, b"value without a key");
-        assert_eq!(frames[2].2, batch.bytes().len());
+        assert_eq!(frames[0].0, Topic::Clicks);
+        assert_eq!(frames[0].1, b"01J00000000000000000000000");
+        assert_eq!(frames[0].2, b"{\"a\":1}");
+        assert_eq!(
+            frames[1],
+            (Topic::Actions, &b"k"[..], &b""[..], frames[1].3)
+        );
+        assert_eq!(frames[2].2, b"value without a key");
+        assert_eq!(frames[2].3, batch.bytes().len());
         // The reader of segment files finds the same records, checksums valid.
         let read = crate::sink::spool::parse_frames(batch.bytes(), 0, true, u64::MAX);
         let read: Vec<_> = read
             .into_iter()
             .map(|frame| match frame {
-                crate::sink::spool::Frame::Record { key, value, end } => (key, value, end),
+                crate::sink::spool::Frame::Record {
+                    topic,
+                    key,
+                    value,
+                    end,
+                } => (topic, key, value, end),
                 other => panic!("not a record: {other:?}"),
             })
             .collect();
         let built: Vec<_> = frames
             .iter()
-            .map(|(k, v, end)| (k.to_vec(), v.to_vec(), *end as u64))
+            .map(|(topic, k, v, end)| (*topic, k.to_vec(), v.to_vec(), *end as u64))
             .collect();
         assert_eq!(read, built);
     }
@@ -181,15 +204,18 @@ mod tests {
     #[test]
     fn a_frame_left_unfinished_by_a_panicking_writer_ends_the_frames() {
         let mut batch = FrameBatch::default();
-        event(&mut batch, "k", "whole");
+        event(&mut batch, Topic::Clicks, "k", "whole");
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = batch.push_with(b"k", |buf| {
+            let _ = batch.push_with(Topic::Clicks, b"k", |buf| {
                 buf.extend_from_slice(b"half");
                 panic!("the writer fails");
             });
         }));
         assert!(panicked.is_err());
-        let frames: Vec<_> = batch.frames().map(|(_, value, _)| value.to_vec()).collect();
+        let frames: Vec<_> = batch
+            .frames()
+            .map(|(_, _, value, _)| value.to_vec())
+            .collect();
         assert_eq!(frames, vec![b"whole".to_vec()]);
         assert_eq!(batch.events(), 1);
     }
@@ -197,9 +223,11 @@ mod tests {
     #[test]
     fn a_too_large_event_is_refused_and_leaves_the_batch_as_it_was() {
         let mut batch = FrameBatch::default();
-        event(&mut batch, "k", "first");
+        event(&mut batch, Topic::Clicks, "k", "first");
         let before = batch.bytes().to_vec();
-        let refused = batch.push_with(b"k", |buf| buf.resize(buf.len() + (2 << 20), b'x'));
+        let refused = batch.push_with(Topic::Actions, b"k", |buf| {
+            buf.resize(buf.len() + (2 << 20), b'x')
+        });
         assert!(
             matches!(refused, Err(SpoolError::TooLarge(_))),
             "{refused:?}"
@@ -212,22 +240,34 @@ mod tests {
     fn a_thread_batches_for_its_own_sink_only_and_hands_over_when_full() {
         attach(7);
         // Another sink's event comes back at once, alone.
-        let alone = push(8, b"k", |buf| buf.extend_from_slice(b"other")).unwrap();
+        let alone = push(8, Topic::Clicks, b"k", |buf| {
+            buf.extend_from_slice(b"other")
+        })
+        .unwrap();
         assert_eq!(alone.map(|b| b.events()), Some(1));
         // Its own are kept until the batch is full.
         let mut handed = Vec::new();
         for _ in 0..100 {
-            if let Some(full) = push(7, b"k", |buf| buf.extend_from_slice(&[b'v'; 1000])).unwrap() {
+            if let Some(full) = push(7, Topic::Clicks, b"k", |buf| {
+                buf.extend_from_slice(&[b'v'; 1000])
+            })
+            .unwrap()
+            {
                 handed.push(full);
             }
         }
-        // A frame: 12 bytes of head, 2 of key length, the key, the value.
-        assert_eq!(handed.len(), 100 / FLUSH_BYTES.div_ceil(12 + 2 + 1 + 1000));
+        // A frame: 12 bytes of head, a topic byte, 2 of key length, the key, the value.
+        assert_eq!(handed.len(), 100 / FLUSH_BYTES.div_ceil(12 + 3 + 1 + 1000));
         assert!(handed.iter().all(|b| b.bytes().len() >= FLUSH_BYTES));
         let rest = detach(7).expect("the rest is handed over when detached");
         let total: usize = handed.iter().map(FrameBatch::events).sum::<usize>() + rest.events();
         assert_eq!(total, 100);
         assert!(take(7).is_none(), "nothing once detached");
-        assert_eq!(push(7, b"k", |_| {}).unwrap().map(|b| b.events()), Some(1));
+        assert_eq!(
+            push(7, Topic::Clicks, b"k", |_| {})
+                .unwrap()
+                .map(|b| b.events()),
+            Some(1)
+        );
     }
 }

@@ -25,8 +25,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Message};
 use tracing::{debug, error, info, warn};
 
-use super::SinkError;
-use crate::event::{SCHEMA_HEADER, SCHEMA_VERSION};
+use super::{SinkError, Topic};
+use crate::event::SCHEMA_HEADER;
 use crate::metrics::Metrics;
 
 /// Producer settings chosen for clicks: nothing acknowledged is lost (`acks=all`,
@@ -44,14 +44,25 @@ const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("message.timeout.ms", "30000"),
 ];
 
-/// Partitions of the click topic in the embedded development cluster.
+/// Partitions of the event topics in the embedded development cluster.
 const DEV_PARTITIONS: i32 = 3;
+
+/// The `schema` header of each topic's events.
+fn schema(topic: Topic) -> &'static str {
+    match topic {
+        Topic::Clicks => crate::event::SCHEMA_VERSION,
+        Topic::Actions => crate::action::event::SCHEMA_VERSION,
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
     /// `None` starts the embedded development cluster.
     pub brokers: Option<String>,
+    /// `--kafka-topic`: click events.
     pub topic: String,
+    /// `--actions-topic`: action events.
+    pub actions_topic: String,
     /// `--kafka-option key=value`, applied after the defaults.
     pub options: Vec<(String, String)>,
     pub client_id: String,
@@ -254,7 +265,8 @@ pub struct Kafka {
     /// report (a purge failure) has come back.
     retiring: Mutex<Vec<Arc<BaseProducer<EventContext>>>>,
     last_renewal: Mutex<Option<Instant>>,
-    topic: String,
+    /// By [`Topic`]: the clicks', the actions'.
+    topics: [String; 2],
     bootstrap: String,
     metrics: Arc<Metrics>,
     /// Written by the health monitor: 0 unknown, 1 up, 2 down.
@@ -267,7 +279,7 @@ pub struct Kafka {
 impl std::fmt::Debug for Kafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Kafka")
-            .field("topic", &self.topic)
+            .field("topics", &self.topics)
             .field("bootstrap", &self.bootstrap)
             .finish()
     }
@@ -284,7 +296,10 @@ impl Kafka {
         let dev_cluster = match &settings.brokers {
             Some(_) => None,
             None => {
-                let mut topics = vec![(settings.topic.as_str(), DEV_PARTITIONS)];
+                let mut topics = vec![
+                    (settings.topic.as_str(), DEV_PARTITIONS),
+                    (settings.actions_topic.as_str(), DEV_PARTITIONS),
+                ];
                 if let Some(links) = &settings.links_topic {
                     topics.push((links.as_str(), 1));
                 }
@@ -301,6 +316,7 @@ impl Kafka {
                 message = "Started the embedded development Kafka (not for production: events live in memory).",
                 bootstrap = %bootstrap,
                 topic = %settings.topic,
+                actions_topic = %settings.actions_topic,
             );
         }
         let mut config = ClientConfig::new();
@@ -319,7 +335,7 @@ impl Kafka {
             acks,
             retiring: Mutex::new(Vec::new()),
             last_renewal: Mutex::new(None),
-            topic: settings.topic.clone(),
+            topics: [settings.topic.clone(), settings.actions_topic.clone()],
             bootstrap,
             metrics,
             health: Arc::new(AtomicU8::new(0)),
@@ -335,8 +351,9 @@ impl Kafka {
         &self.bootstrap
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
+    /// The Kafka topic `topic`'s events go to.
+    pub fn topic(&self, topic: Topic) -> &str {
+        &self.topics[topic as usize]
     }
 
     pub fn health(&self) -> BrokerHealth {
@@ -349,12 +366,18 @@ impl Kafka {
 
     /// Hands one message to the producer's queue; never blocks. `opaque` comes back
     /// in its [`Ack`].
-    pub fn try_send(&self, key: &[u8], payload: &[u8], opaque: usize) -> Result<(), KafkaError> {
+    pub fn try_send(
+        &self,
+        topic: Topic,
+        key: &[u8],
+        payload: &[u8],
+        opaque: usize,
+    ) -> Result<(), KafkaError> {
         let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
             key: SCHEMA_HEADER,
-            value: Some(SCHEMA_VERSION),
+            value: Some(schema(topic)),
         });
-        let record = BaseRecord::with_opaque_to(&self.topic, opaque)
+        let record = BaseRecord::with_opaque_to(self.topic(topic), opaque)
             .key(key)
             .payload(payload)
             .headers(headers);
@@ -436,6 +459,22 @@ impl Kafka {
         true
     }
 
+    /// Whether the broker answers for `topic`: it exists and has partitions.
+    fn answers_for(&self, topic: &str) -> bool {
+        match self
+            .producer
+            .load()
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(2))
+        {
+            Ok(metadata) => metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()),
+            Err(_) => false,
+        }
+    }
+
     /// Drops retired producers whose reports have all come back.
     pub fn reap_retired(&self) {
         if let Ok(mut retiring) = self.retiring.lock() {
@@ -462,7 +501,7 @@ impl Drop for Kafka {
 }
 
 /// Every second: a producer with a fatal error replaced, whether the broker
-/// answers for the topic (whether new events are sent or wait in the spool),
+/// answers for the event topics (whether new events are sent or wait in the spool),
 /// and the producer's queue depth.
 fn spawn_monitor(kafka: std::sync::Weak<Kafka>, stop: Arc<AtomicBool>) {
     let spawned = thread::Builder::new()
@@ -474,27 +513,25 @@ fn spawn_monitor(kafka: std::sync::Weak<Kafka>, stop: Arc<AtomicBool>) {
                 // A producer with a fatal error answers no probe either: it would
                 // look like a broker down forever, with nothing sent to fail.
                 kafka.renew_if_unusable(false);
-                let up = match kafka
-                    .producer
-                    .load()
-                    .client()
-                    .fetch_metadata(Some(&kafka.topic), Duration::from_secs(2))
-                {
-                    Ok(metadata) => metadata.topics().iter().any(|t| {
-                        t.name() == kafka.topic && t.error().is_none() && !t.partitions().is_empty()
-                    }),
-                    Err(_) => false,
-                };
+                // Up only when every event topic answers: one journal feeds them
+                // in order, so a missing topic holds back the other's events too.
+                let missing: Vec<&str> = kafka
+                    .topics
+                    .iter()
+                    .filter(|topic| !kafka.answers_for(topic))
+                    .map(String::as_str)
+                    .collect();
+                let up = missing.is_empty();
                 kafka.health.store(if up { 1 } else { 2 }, Ordering::Relaxed);
                 kafka.metrics.kafka_broker_up.set(if up { 1.0 } else { 0.0 });
                 kafka.metrics.kafka_queue_messages.set(kafka.in_flight() as f64);
                 if was_up != Some(up) {
                     if up {
-                        info!(message = "Kafka topic reachable.", topic = %kafka.topic);
+                        info!(message = "Kafka topic reachable.", topics = ?kafka.topics);
                     } else {
                         warn!(
                             message = "Kafka topic not reachable (broker down or topic missing); new events wait in the spool.",
-                            topic = %kafka.topic,
+                            topics = ?missing,
                             bootstrap = %kafka.bootstrap
                         );
                     }

@@ -1,4 +1,5 @@
 //! The event path: request → the worker's batch → channel → pump → spool → Kafka.
+//! Click events and action events take it alike; each frame names its topic.
 //!
 //! The request path writes its event, framed as the spool stores it, into its
 //! worker's batch ([`super::batch`]) and returns. The worker hands the batch over
@@ -35,8 +36,8 @@ use tracing::{error, info, warn};
 
 use super::batch::{self, FrameBatch};
 use super::kafka::{Ack, BrokerHealth, Kafka, KafkaSettings, LogEverySecond};
-use super::spool::{Appended, Frame, Spool, SpoolError};
-use super::SinkError;
+use super::spool::{Appended, BuiltFrame, Frame, Spool, SpoolError};
+use super::{SinkError, Topic};
 use crate::metrics::{EventResult, Metrics};
 
 /// Events the workers may have handed over before the pump catches up: about a
@@ -62,18 +63,18 @@ pub struct SpoolSettings {
     pub replay_rate: u64,
 }
 
-/// Where the edge hands a click's event: the seam between the request path and
-/// the event pipeline. The server's is [`EventSink`]; unit tests of the request
-/// path keep the events in memory.
-pub trait ClickSink: Send + Sync {
-    /// Adds one event keyed by `key` (the visitor or click id), its bytes written
-    /// in place by `write`. Never blocks.
-    fn submit(&self, key: &str, write: &mut dyn FnMut(&mut Vec<u8>));
+/// Where the edge hands an event (a click's, an action's): the seam between the
+/// request path and the event pipeline. The server's is [`EventSink`]; unit tests
+/// of the request path keep the events in memory.
+pub trait EventIntake: Send + Sync {
+    /// Adds one event for `topic` keyed by `key` (for a click, the visitor or
+    /// click id), its bytes written in place by `write`. Never blocks.
+    fn submit(&self, topic: Topic, key: &str, write: &mut dyn FnMut(&mut Vec<u8>));
 }
 
-impl ClickSink for EventSink {
-    fn submit(&self, key: &str, write: &mut dyn FnMut(&mut Vec<u8>)) {
-        self.submit_with(key, write);
+impl EventIntake for EventSink {
+    fn submit(&self, topic: Topic, key: &str, write: &mut dyn FnMut(&mut Vec<u8>)) {
+        self.submit_with(topic, key, write);
     }
 }
 
@@ -150,7 +151,7 @@ impl EventSink {
             last_sync: Instant::now(),
             journal: journal.clone(),
             last_disk_probe: Instant::now(),
-            unspooled_in_flight: 0,
+            unspooled_in_flight: [0; 2],
             unspooled_held: 0,
             stop: stop.clone(),
             drain_ms: drain_ms.clone(),
@@ -183,12 +184,12 @@ impl EventSink {
     /// Adds one event, its value written in place by `write_value`, to this
     /// thread's batch (on a thread that called [`EventSink::attach_thread`]; on
     /// any other it is handed over alone). Never blocks.
-    pub fn submit_with(&self, key: &str, write_value: impl FnOnce(&mut Vec<u8>)) {
-        match batch::push(self.id, key.as_bytes(), write_value) {
+    pub fn submit_with(&self, topic: Topic, key: &str, write_value: impl FnOnce(&mut Vec<u8>)) {
+        match batch::push(self.id, topic, key.as_bytes(), write_value) {
             Ok(None) => {}
             Ok(Some(full)) => self.hand_over(full),
             // The one refusal: an event over the spool's frame size.
-            Err(_) => self.dropped(1, "Click events dropped: larger than a spool frame takes."),
+            Err(_) => self.dropped(topic, 1, "Events dropped: larger than a spool frame takes."),
         }
     }
 
@@ -218,21 +219,33 @@ impl EventSink {
     fn hand_over(&self, held: FrameBatch) {
         let events = held.events();
         let before = self.queued.fetch_add(events, Ordering::Relaxed);
-        if before + events <= CHANNEL_CAPACITY && self.tx.send(held).is_ok() {
-            return;
-        }
+        let held = if before + events <= CHANNEL_CAPACITY {
+            match self.tx.send(held) {
+                Ok(()) => return,
+                Err(crossbeam_channel::SendError(held)) => held,
+            }
+        } else {
+            held
+        };
         self.queued.fetch_sub(events, Ordering::Relaxed);
-        self.dropped(
-            events,
-            "Click events dropped: the event pump is not keeping up (disk stalled?).",
-        );
+        for topic in Topic::ALL {
+            self.dropped(
+                topic,
+                held.events_of(topic),
+                "Events dropped: the event pump is not keeping up (disk stalled?).",
+            );
+        }
     }
 
-    /// Counts `events` lost for `why`, and logs it at most once a second.
-    fn dropped(&self, events: usize, why: &'static str) {
-        self.metrics.event(EventResult::Dropped, events as u64);
+    /// Counts `events` of `topic` lost for `why`, and logs it at most once a second.
+    fn dropped(&self, topic: Topic, events: usize, why: &'static str) {
+        if events == 0 {
+            return;
+        }
+        self.metrics
+            .event(topic, EventResult::Dropped, events as u64);
         if let Some(dropped) = self.drops.tick_n(events as u64) {
-            error!(message = why, dropped);
+            error!(message = why, ?topic, dropped);
         }
     }
 
@@ -240,8 +253,9 @@ impl EventSink {
         self.kafka.bootstrap()
     }
 
-    pub fn topic(&self) -> &str {
-        self.kafka.topic()
+    /// The Kafka topic of `topic`'s events.
+    pub fn topic(&self, topic: Topic) -> &str {
+        self.kafka.topic(topic)
     }
 
     /// What the health monitor last saw of the broker (probed every second).
@@ -312,8 +326,8 @@ struct JournalState {
 }
 
 /// An event of a pump turn: where it was appended (none if the disk refused it),
-/// its key and its value.
-type Journaled<'b> = (Option<Appended>, &'b [u8], &'b [u8]);
+/// its topic, key and value.
+type Journaled<'b> = (Option<Appended>, Topic, &'b [u8], &'b [u8]);
 
 /// Events the disk refused that are held in memory for another try, at most:
 /// beyond it they are dropped (counted) rather than grow memory without bound
@@ -347,7 +361,8 @@ struct Pump {
     resend_backoff: Duration,
     /// Events the disk refused, sent to Kafka and not yet reported: held by
     /// librdkafka only. A failure report brings each back.
-    unspooled_in_flight: u64,
+    /// By topic.
+    unspooled_in_flight: [u64; 2],
     /// Of `resend`, the events the disk refused (held in memory only).
     unspooled_held: usize,
     /// Replay token bucket.
@@ -368,31 +383,50 @@ struct Pump {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Delivery {
     /// A record of this journal segment, sent live or replayed from the backlog.
-    Journaled { segment: u64, replayed: bool },
+    Journaled {
+        topic: Topic,
+        segment: u64,
+        replayed: bool,
+    },
     /// An event the disk refused: only memory (librdkafka's queue or the pump's
     /// resend queue) holds it.
-    Unspooled,
+    Unspooled { topic: Topic },
 }
 
 impl Delivery {
-    /// The one place the token is packed: segment ids count up from 1 and never
-    /// reach `usize::MAX >> 1`, which is left to `Unspooled`.
+    /// The one place the token is packed: bit 0 replayed, bit 1 the topic, the
+    /// rest the segment; segment ids count up from 1 and never reach
+    /// `usize::MAX >> 2`, and 0 is left to `Unspooled`.
     fn opaque(self) -> usize {
         match self {
-            Delivery::Journaled { segment, replayed } => {
-                ((segment as usize) << 1) | usize::from(replayed)
-            }
-            Delivery::Unspooled => usize::MAX,
+            Delivery::Journaled {
+                topic,
+                segment,
+                replayed,
+            } => ((segment as usize) << 2) | ((topic as usize) << 1) | usize::from(replayed),
+            Delivery::Unspooled { topic } => (topic as usize) << 1,
         }
     }
 
     fn from_opaque(opaque: usize) -> Delivery {
-        match opaque {
-            usize::MAX => Delivery::Unspooled,
-            packed => Delivery::Journaled {
-                segment: (packed >> 1) as u64,
-                replayed: packed & 1 == 1,
+        let topic = if opaque & 2 == 0 {
+            Topic::Clicks
+        } else {
+            Topic::Actions
+        };
+        match opaque >> 2 {
+            0 => Delivery::Unspooled { topic },
+            segment => Delivery::Journaled {
+                topic,
+                segment: segment as u64,
+                replayed: opaque & 1 == 1,
             },
+        }
+    }
+
+    fn topic(self) -> Topic {
+        match self {
+            Delivery::Journaled { topic, .. } | Delivery::Unspooled { topic } => topic,
         }
     }
 }
@@ -458,12 +492,15 @@ impl Pump {
             }
             // The batch does not fit whole: frame by frame, as many as fit.
             let mut start = 0;
-            for (key, value, end) in held.frames() {
+            for (topic, key, value, end) in held.frames() {
                 let frame = &held.bytes()[start..end];
-                let one = std::iter::once((key, value, end - start));
+                let one = std::iter::once((topic, key, value, end - start));
                 start = end;
                 if !self.append_run(frame, one, &mut appended, &mut failure) {
-                    self.drop_event("Click events dropped: the spool is full (--spool-max-bytes).");
+                    self.drop_event(
+                        topic,
+                        "Events dropped: the spool is full (--spool-max-bytes).",
+                    );
                 }
             }
         }
@@ -479,31 +516,30 @@ impl Pump {
             // The failed write abandoned the segment at what reached the file:
             // frames within it are on disk and replay from there (sending them
             // too would duplicate them); the rest exist only here.
-            let mut spooled = 0;
-            for (at, key, value) in appended {
+            let mut spooled = [0; 2];
+            for (at, topic, key, value) in appended {
                 if at.is_some_and(|at| self.spool.holds(at)) {
-                    spooled += 1;
+                    spooled[topic as usize] += 1;
                 } else {
-                    self.send_unspooled(key, value);
+                    self.send_unspooled(topic, key, value);
                 }
             }
-            if spooled > 0 {
-                self.metrics.event(EventResult::Spooled, spooled);
-            }
+            self.count_spooled(spooled);
             return;
         }
         self.journal.writable.store(true, Ordering::Relaxed);
-        let mut spooled = 0;
-        for (at, key, value) in appended {
+        let mut spooled = [0; 2];
+        for (at, topic, key, value) in appended {
             let at = at.expect("appended: no write failed");
             if live {
                 let delivery = Delivery::Journaled {
+                    topic,
                     segment: at.segment,
                     replayed: false,
                 };
-                match self.kafka.try_send(key, value, delivery.opaque()) {
+                match self.kafka.try_send(topic, key, value, delivery.opaque()) {
                     Ok(()) => {
-                        self.metrics.event(EventResult::Queued, 1);
+                        self.metrics.event(topic, EventResult::Queued, 1);
                         self.spool.sent(at);
                         continue;
                     }
@@ -511,10 +547,18 @@ impl Pump {
                     Err(_) => live = false,
                 }
             }
-            spooled += 1;
+            spooled[topic as usize] += 1;
         }
-        if spooled > 0 {
-            self.metrics.event(EventResult::Spooled, spooled);
+        self.count_spooled(spooled);
+    }
+
+    /// Counts the events of a turn left in the spool, by topic.
+    fn count_spooled(&self, spooled: [u64; 2]) {
+        for topic in Topic::ALL {
+            if spooled[topic as usize] > 0 {
+                self.metrics
+                    .event(topic, EventResult::Spooled, spooled[topic as usize]);
+            }
         }
     }
 
@@ -525,7 +569,7 @@ impl Pump {
     fn append_run<'b>(
         &mut self,
         bytes: &'b [u8],
-        frames: impl Iterator<Item = (&'b [u8], &'b [u8], usize)>,
+        frames: impl Iterator<Item = BuiltFrame<'b>>,
         appended: &mut Vec<Journaled<'b>>,
         failure: &mut Option<SpoolError>,
     ) -> bool {
@@ -541,11 +585,14 @@ impl Pump {
                 }
             }
         };
-        appended.extend(
-            frames.map(|(key, value, end)| {
-                (placed.map(|placed| placed.frame_ending(end)), key, value)
-            }),
-        );
+        appended.extend(frames.map(|(topic, key, value, end)| {
+            (
+                placed.map(|placed| placed.frame_ending(end)),
+                topic,
+                key,
+                value,
+            )
+        }));
         true
     }
 
@@ -553,17 +600,16 @@ impl Pump {
     /// the broker's state (librdkafka holds it until `message.timeout.ms`). It is
     /// tracked in memory only: a failed delivery comes back whole and is tried on
     /// the disk again, then held for another send.
-    fn send_unspooled(&mut self, key: &[u8], value: &[u8]) {
-        match self
-            .kafka
-            .try_send(key, value, Delivery::Unspooled.opaque())
-        {
+    fn send_unspooled(&mut self, topic: Topic, key: &[u8], value: &[u8]) {
+        let delivery = Delivery::Unspooled { topic };
+        match self.kafka.try_send(topic, key, value, delivery.opaque()) {
             Ok(()) => {
-                self.unspooled_in_flight += 1;
-                self.metrics.event(EventResult::Queued, 1);
+                self.unspooled_in_flight[topic as usize] += 1;
+                self.metrics.event(topic, EventResult::Queued, 1);
             }
             Err(_) => self.drop_event(
-                "Click events dropped: the spool cannot be written and Kafka's queue is full.",
+                topic,
+                "Events dropped: the spool cannot be written and Kafka's queue is full.",
             ),
         }
     }
@@ -572,22 +618,24 @@ impl Pump {
     /// takes writes again, else held for another send (within a bound). While
     /// the disk is known to fail, no write is tried (each would make a segment
     /// file) until the free-space probe sees room; shutdown tries regardless.
-    fn keep_unspooled(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        if self.journal.writable.load(Ordering::Relaxed) && self.journal_one(&key, &value) {
-            self.metrics.event(EventResult::Spooled, 1);
+    fn keep_unspooled(&mut self, topic: Topic, key: Vec<u8>, value: Vec<u8>) {
+        if self.journal.writable.load(Ordering::Relaxed) && self.journal_one(topic, &key, &value) {
+            self.metrics.event(topic, EventResult::Spooled, 1);
         } else if self.unspooled_held < MAX_HELD_UNSPOOLED {
             self.unspooled_held += 1;
-            self.resend.push_back((Delivery::Unspooled, key, value));
+            self.resend
+                .push_back((Delivery::Unspooled { topic }, key, value));
         } else {
             self.drop_event(
-                "Click events dropped: neither the spool nor Kafka takes them, and the memory for them is full.",
+                topic,
+                "Events dropped: neither the spool nor Kafka takes them, and the memory for them is full.",
             );
         }
     }
 
     /// Appends one event and flushes it; whether it is on disk now.
-    fn journal_one(&mut self, key: &[u8], value: &[u8]) -> bool {
-        let on_disk = match self.spool.append(key, value) {
+    fn journal_one(&mut self, topic: Topic, key: &[u8], value: &[u8]) -> bool {
+        let on_disk = match self.spool.append(topic, key, value) {
             Ok(at) => self.spool.flush().is_ok() && self.spool.holds(at),
             Err(_) => false,
         };
@@ -596,11 +644,12 @@ impl Pump {
     }
 
     /// Counts and logs (once a second, with the count) an event lost for `why`.
-    fn drop_event(&self, why: &'static str) {
-        self.metrics.event(EventResult::Dropped, 1);
+    fn drop_event(&self, topic: Topic, why: &'static str) {
+        self.metrics.event(topic, EventResult::Dropped, 1);
         if let Some(dropped) = self.drops.tick() {
             error!(
                 message = why,
+                ?topic,
                 dropped,
                 spool_bytes = self.spool.total_bytes()
             );
@@ -615,29 +664,35 @@ impl Pump {
             fenced |= ack.fenced;
             succeeded |= ack.failed.is_none();
             let delivery = Delivery::from_opaque(ack.opaque);
+            let topic = delivery.topic();
             match (delivery, ack.failed) {
-                (Delivery::Unspooled, None) => {
-                    self.unspooled_in_flight = self.unspooled_in_flight.saturating_sub(1);
-                    self.metrics.event(EventResult::Delivered, 1);
+                (Delivery::Unspooled { .. }, None) => {
+                    let in_flight = &mut self.unspooled_in_flight[topic as usize];
+                    *in_flight = in_flight.saturating_sub(1);
+                    self.metrics.event(topic, EventResult::Delivered, 1);
                 }
-                (Delivery::Unspooled, Some((key, value))) => {
-                    self.unspooled_in_flight = self.unspooled_in_flight.saturating_sub(1);
-                    self.metrics.event(EventResult::Failed, 1);
-                    self.keep_unspooled(key, value);
+                (Delivery::Unspooled { .. }, Some((key, value))) => {
+                    let in_flight = &mut self.unspooled_in_flight[topic as usize];
+                    *in_flight = in_flight.saturating_sub(1);
+                    self.metrics.event(topic, EventResult::Failed, 1);
+                    self.keep_unspooled(topic, key, value);
                 }
-                (Delivery::Journaled { segment, replayed }, None) => {
+                (
+                    Delivery::Journaled {
+                        segment, replayed, ..
+                    },
+                    None,
+                ) => {
                     self.spool.acknowledged(segment);
-                    self.metrics.event(
-                        if replayed {
-                            EventResult::Replayed
-                        } else {
-                            EventResult::Delivered
-                        },
-                        1,
-                    );
+                    let result = if replayed {
+                        EventResult::Replayed
+                    } else {
+                        EventResult::Delivered
+                    };
+                    self.metrics.event(topic, result, 1);
                 }
                 (Delivery::Journaled { .. }, Some((key, value))) => {
-                    self.metrics.event(EventResult::Failed, 1);
+                    self.metrics.event(topic, EventResult::Failed, 1);
                     self.resend.push_back((delivery, key, value));
                 }
             }
@@ -659,13 +714,18 @@ impl Pump {
             return;
         }
         while let Some((delivery, key, value)) = self.resend.front() {
-            if self.kafka.try_send(key, value, delivery.opaque()).is_err() {
+            let topic = delivery.topic();
+            if self
+                .kafka
+                .try_send(topic, key, value, delivery.opaque())
+                .is_err()
+            {
                 return;
             }
-            self.metrics.event(EventResult::Queued, 1);
-            if *delivery == Delivery::Unspooled {
+            self.metrics.event(topic, EventResult::Queued, 1);
+            if matches!(delivery, Delivery::Unspooled { .. }) {
                 self.unspooled_held -= 1;
-                self.unspooled_in_flight += 1;
+                self.unspooled_in_flight[topic as usize] += 1;
             }
             self.resend.pop_front();
         }
@@ -710,22 +770,28 @@ impl Pump {
                     );
                     self.spool.skipped(Appended { segment, end });
                 }
-                Frame::Record { key, value, end } => {
+                Frame::Record {
+                    topic,
+                    key,
+                    value,
+                    end,
+                } => {
                     if rate > 0.0 && self.tokens < 1.0 {
                         return;
                     }
                     let delivery = Delivery::Journaled {
+                        topic,
                         segment,
                         replayed: true,
                     };
                     if self
                         .kafka
-                        .try_send(&key, &value, delivery.opaque())
+                        .try_send(topic, &key, &value, delivery.opaque())
                         .is_err()
                     {
                         return;
                     }
-                    self.metrics.event(EventResult::Queued, 1);
+                    self.metrics.event(topic, EventResult::Queued, 1);
                     self.spool.sent(Appended { segment, end });
                     self.tokens -= 1.0;
                 }
@@ -783,7 +849,7 @@ impl Pump {
     /// Whether every event taken so far is acknowledged.
     fn all_acknowledged(&self) -> bool {
         self.spool.unacknowledged() == 0
-            && self.unspooled_in_flight == 0
+            && self.unspooled_in_flight == [0; 2]
             && self.resend.is_empty()
             && !self.spool.has_backlog()
     }
@@ -795,32 +861,40 @@ impl Pump {
         // Purged messages come back as failed deliveries; those the disk never held
         // are written to it now (it may have room again), or counted as lost.
         let purged_by = Instant::now() + PURGE_WAIT;
-        while self.unspooled_in_flight > 0 && Instant::now() < purged_by {
+        while self.unspooled_in_flight != [0; 2] && Instant::now() < purged_by {
             thread::sleep(Duration::from_millis(5));
             self.take_acks();
         }
-        let held: Vec<(Vec<u8>, Vec<u8>)> = {
+        let held: Vec<(Topic, Vec<u8>, Vec<u8>)> = {
             let resend = std::mem::take(&mut self.resend);
             resend
                 .into_iter()
-                .filter(|(delivery, _, _)| *delivery == Delivery::Unspooled)
-                .map(|(_, key, value)| (key, value))
+                .filter_map(|(delivery, key, value)| match delivery {
+                    Delivery::Unspooled { topic } => Some((topic, key, value)),
+                    Delivery::Journaled { .. } => None,
+                })
                 .collect()
         };
         self.unspooled_held = 0;
         // No report came for these: librdkafka kept them; they are gone with it.
         let mut lost = std::mem::take(&mut self.unspooled_in_flight);
-        for (key, value) in held {
-            if self.journal_one(&key, &value) {
-                self.metrics.event(EventResult::Spooled, 1);
+        for (topic, key, value) in held {
+            if self.journal_one(topic, &key, &value) {
+                self.metrics.event(topic, EventResult::Spooled, 1);
             } else {
-                lost += 1;
+                lost[topic as usize] += 1;
             }
         }
+        for topic in Topic::ALL {
+            if lost[topic as usize] > 0 {
+                self.metrics
+                    .event(topic, EventResult::Dropped, lost[topic as usize]);
+            }
+        }
+        let lost: u64 = lost.iter().sum();
         if lost > 0 {
-            self.metrics.event(EventResult::Dropped, lost);
             error!(
-                message = "Click events lost at shutdown: the spool could not take them and Kafka did not acknowledge them.",
+                message = "Events lost at shutdown: the spool could not take them and Kafka did not acknowledge them.",
                 dropped = lost,
                 dir = %self.spool.dir().display()
             );
@@ -832,10 +906,10 @@ impl Pump {
         let backlog = self.spool.backlog_bytes();
         let done = unacked == 0 && backlog == 0 && lost == 0;
         if done {
-            info!(message = "Every click event acknowledged by Kafka.");
+            info!(message = "Every event acknowledged by Kafka.");
         } else if unacked > 0 || backlog > 0 {
             warn!(
-                message = "Click events not acknowledged at shutdown stay in the spool for the next start.",
+                message = "Events not acknowledged at shutdown stay in the spool for the next start.",
                 in_flight = unacked,
                 backlog_bytes = backlog,
                 dir = %self.spool.dir().display()
@@ -850,22 +924,31 @@ impl Pump {
 #[cfg(test)]
 mod tests {
     use super::Delivery;
+    use crate::sink::Topic;
 
     #[test]
     fn a_delivery_token_comes_back_as_it_was_sent() {
         for delivery in [
-            Delivery::Unspooled,
+            Delivery::Unspooled {
+                topic: Topic::Clicks,
+            },
+            Delivery::Unspooled {
+                topic: Topic::Actions,
+            },
             Delivery::Journaled {
+                topic: Topic::Clicks,
                 segment: 1,
                 replayed: false,
             },
             Delivery::Journaled {
+                topic: Topic::Actions,
                 segment: 1,
                 replayed: true,
             },
             Delivery::Journaled {
-                segment: (usize::MAX >> 2) as u64,
-                replayed: true,
+                topic: Topic::Actions,
+                segment: (usize::MAX >> 3) as u64,
+                replayed: false,
             },
         ] {
             assert_eq!(Delivery::from_opaque(delivery.opaque()), delivery);

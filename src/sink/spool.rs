@@ -1,4 +1,5 @@
-//! The disk spool: an append-only log of click events in segment files.
+//! The disk spool: an append-only log of events (clicks and actions) in segment
+//! files.
 //!
 //! Every event is appended here before it is sent to Kafka, and a segment is deleted
 //! only when it is sealed and every record in it was acknowledged. So what the edge
@@ -8,9 +9,13 @@
 //! A segment `NNNNNNNNNNNNNNNNNNNN.seg` is a sequence of frames:
 //!
 //! ```text
-//! magic "CEv1" | payload length: u32 LE | CRC32C of payload: u32 LE | payload
-//! payload = key length: u16 LE | key | value
+//! magic "CEv2" | payload length: u32 LE | CRC32C of payload: u32 LE | payload
+//! payload = topic: u8 (0 clicks, 1 actions) | key length: u16 LE | key | value
 //! ```
+//!
+//! Segments left by a build from before actions hold `CEv1` frames, whose payload
+//! has no topic byte (`key length | key | value`): they are read as clicks, so an
+//! upgrade replays what the old build spooled.
 //!
 //! A torn frame (a crash mid-write) or a corrupt one (bad length or checksum) is
 //! detected, skipped and counted; reading resumes at the next magic, so the rest of
@@ -32,8 +37,14 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-const MAGIC: [u8; 4] = *b"CEv1";
+use super::Topic;
+
+const MAGIC: [u8; 4] = *b"CEv2";
+/// The magic of frames written before the topic byte: clicks, all of them.
+const MAGIC_V1: [u8; 4] = *b"CEv1";
 const HEADER: usize = 12;
+/// The payload's bytes before the key: topic and key length.
+const PREFIX: usize = 3;
 /// No click event comes near this; a larger length is corruption.
 const MAX_PAYLOAD: usize = 1 << 20;
 const SEGMENT_SUFFIX: &str = ".seg";
@@ -154,6 +165,7 @@ impl Placed {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
     Record {
+        topic: Topic,
         key: Vec<u8>,
         value: Vec<u8>,
         /// Offset just past this frame.
@@ -308,7 +320,7 @@ impl Spool {
     /// The bytes a record with these key and value lengths takes on disk.
     #[cfg(test)]
     fn frame_len(key_len: usize, value_len: usize) -> u64 {
-        (HEADER + 2 + key_len + value_len) as u64
+        (HEADER + PREFIX + key_len + value_len) as u64
     }
 
     /// Records sent to Kafka and not acknowledged yet.
@@ -321,14 +333,19 @@ impl Spool {
 
     /// Whether an event of `len` bytes would fit.
     pub fn has_room_for(&self, len: usize) -> bool {
-        self.total_bytes + (HEADER + 2 + len) as u64 <= self.max_bytes
+        self.total_bytes + (HEADER + PREFIX + len) as u64 <= self.max_bytes
     }
 
     /// Appends one event to the active segment (buffered until [`Spool::flush`]).
     /// Returns where it went.
-    pub fn append(&mut self, key: &[u8], value: &[u8]) -> Result<Appended, SpoolError> {
-        let mut frame = Vec::with_capacity(HEADER + 2 + key.len() + value.len());
-        push_frame_with(&mut frame, key, |buf| buf.extend_from_slice(value))?;
+    pub fn append(
+        &mut self,
+        topic: Topic,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Appended, SpoolError> {
+        let mut frame = Vec::with_capacity(HEADER + PREFIX + key.len() + value.len());
+        push_frame_with(&mut frame, topic, key, |buf| buf.extend_from_slice(value))?;
         let placed = self.append_frames(&frame).map_err(|(error, _)| error)?;
         Ok(placed.frame_ending(frame.len()))
     }
@@ -572,25 +589,33 @@ impl Spool {
     }
 }
 
-/// Writes one frame; the caller checked the sizes (payload ≤ `MAX_PAYLOAD`, key
-/// ≤ 64 KiB).
-pub fn write_frame(writer: &mut impl Write, key: &[u8], value: &[u8]) -> io::Result<()> {
-    writer.write_all(&frame_head(key, value))?;
-    writer.write_all(key)?;
-    writer.write_all(value)
-}
-
-/// A frame's bytes before its key: magic, payload length, CRC, key length.
-fn frame_head(key: &[u8], value: &[u8]) -> [u8; HEADER + 2] {
+/// Writes one frame as builds from before actions did (`CEv1`, no topic byte):
+/// for tests of the reader, which must still replay such segments as clicks.
+pub fn write_v1_frame(writer: &mut impl Write, key: &[u8], value: &[u8]) -> io::Result<()> {
     let key_len = (key.len() as u16).to_le_bytes();
     let mut crc = crc32c::crc32c(&key_len);
     crc = crc32c::crc32c_append(crc, key);
     crc = crc32c::crc32c_append(crc, value);
-    let mut head = [0u8; HEADER + 2];
+    writer.write_all(&MAGIC_V1)?;
+    writer.write_all(&((2 + key.len() + value.len()) as u32).to_le_bytes())?;
+    writer.write_all(&crc.to_le_bytes())?;
+    writer.write_all(&key_len)?;
+    writer.write_all(key)?;
+    writer.write_all(value)
+}
+
+/// A frame's bytes before its key: magic, payload length, CRC, topic, key length.
+fn frame_head(topic: Topic, key: &[u8], value: &[u8]) -> [u8; HEADER + PREFIX] {
+    let mut prefix = [topic as u8, 0, 0];
+    prefix[1..].copy_from_slice(&(key.len() as u16).to_le_bytes());
+    let mut crc = crc32c::crc32c(&prefix);
+    crc = crc32c::crc32c_append(crc, key);
+    crc = crc32c::crc32c_append(crc, value);
+    let mut head = [0u8; HEADER + PREFIX];
     head[..4].copy_from_slice(&MAGIC);
-    head[4..8].copy_from_slice(&((2 + key.len() + value.len()) as u32).to_le_bytes());
+    head[4..8].copy_from_slice(&((PREFIX + key.len() + value.len()) as u32).to_le_bytes());
     head[8..12].copy_from_slice(&crc.to_le_bytes());
-    head[12..].copy_from_slice(&key_len);
+    head[12..].copy_from_slice(&prefix);
     head
 }
 
@@ -600,41 +625,47 @@ fn frame_head(key: &[u8], value: &[u8]) -> [u8; HEADER + 2] {
 /// segment accepts is taken back out and refused.
 pub fn push_frame_with(
     buf: &mut Vec<u8>,
+    topic: Topic,
     key: &[u8],
     write_value: impl FnOnce(&mut Vec<u8>),
 ) -> Result<(), SpoolError> {
     let start = buf.len();
-    buf.extend_from_slice(&[0; HEADER + 2]);
+    buf.extend_from_slice(&[0; HEADER + PREFIX]);
     buf.extend_from_slice(key);
     write_value(buf);
-    let value_at = start + HEADER + 2 + key.len();
+    let value_at = start + HEADER + PREFIX + key.len();
     let payload_len = buf.len() - start - HEADER;
     if payload_len > MAX_PAYLOAD || key.len() > u16::MAX as usize {
         buf.truncate(start);
         return Err(SpoolError::TooLarge(payload_len));
     }
-    let head = frame_head(key, &buf[value_at..]);
-    buf[start..start + HEADER + 2].copy_from_slice(&head);
+    let head = frame_head(topic, key, &buf[value_at..]);
+    buf[start..start + HEADER + PREFIX].copy_from_slice(&head);
     Ok(())
 }
 
-/// The frames of a buffer built by [`push_frame_with`]: each one's key, value,
+/// One frame of a buffer built by [`push_frame_with`]: its topic, key, value,
 /// and the offset just past it in the buffer.
-pub fn built_frames(buf: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], usize)> {
+pub type BuiltFrame<'b> = (Topic, &'b [u8], &'b [u8], usize);
+
+/// The frames of a buffer built by [`push_frame_with`].
+pub fn built_frames(buf: &[u8]) -> impl Iterator<Item = BuiltFrame<'_>> {
     let mut pos = 0;
     std::iter::from_fn(move || {
-        let head = buf.get(pos..pos + HEADER + 2)?;
+        let head = buf.get(pos..pos + HEADER + PREFIX)?;
         let payload_len = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) as usize;
-        let key_len = u16::from_le_bytes([head[12], head[13]]) as usize;
-        let key_at = pos + HEADER + 2;
+        let topic = Topic::from_byte(head[12])?;
+        let key_len = u16::from_le_bytes([head[13], head[14]]) as usize;
+        let key_at = pos + HEADER + PREFIX;
         let end = pos + HEADER + payload_len;
         // Only a writer that panicked mid-frame leaves one unfinished (its head
         // still zero): the frames before it are all there is.
-        if payload_len < 2 + key_len || end > buf.len() {
+        if payload_len < PREFIX + key_len || end > buf.len() {
             return None;
         }
         pos = end;
         Some((
+            topic,
             &buf[key_at..key_at + key_len],
             &buf[key_at + key_len..end],
             end,
@@ -666,7 +697,12 @@ pub fn parse_frames(buf: &[u8], from: u64, at_end: bool, budget: u64) -> Vec<Fra
     let mut corrupt_from: Option<usize> = None;
     while pos < buf.len() && (pos as u64) < budget {
         match parse_frame(&buf[pos..]) {
-            Parsed::Frame { key, value, len } => {
+            Parsed::Frame {
+                topic,
+                key,
+                value,
+                len,
+            } => {
                 if corrupt_from.take().is_some() {
                     frames.push(Frame::Corrupt {
                         end: from + pos as u64,
@@ -674,6 +710,7 @@ pub fn parse_frames(buf: &[u8], from: u64, at_end: bool, budget: u64) -> Vec<Fra
                 }
                 pos += len;
                 frames.push(Frame::Record {
+                    topic,
                     key,
                     value,
                     end: from + pos as u64,
@@ -706,6 +743,7 @@ pub fn parse_frames(buf: &[u8], from: u64, at_end: bool, budget: u64) -> Vec<Fra
 
 enum Parsed {
     Frame {
+        topic: Topic,
         key: Vec<u8>,
         value: Vec<u8>,
         len: usize,
@@ -716,17 +754,22 @@ enum Parsed {
 
 fn parse_frame(buf: &[u8]) -> Parsed {
     if buf.len() < HEADER {
-        return if MAGIC.starts_with(&buf[..buf.len().min(4)]) {
+        let head = &buf[..buf.len().min(4)];
+        return if MAGIC.starts_with(head) || MAGIC_V1.starts_with(head) {
             Parsed::NeedMore
         } else {
             Parsed::Bad
         };
     }
-    if buf[..4] != MAGIC {
-        return Parsed::Bad;
-    }
+    // A v1 frame has no topic byte: it is a click.
+    let has_topic = match &buf[..4] {
+        magic if magic == MAGIC => true,
+        magic if magic == MAGIC_V1 => false,
+        _ => return Parsed::Bad,
+    };
+    let prefix = if has_topic { PREFIX } else { PREFIX - 1 };
     let len = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
-    if !(2..=MAX_PAYLOAD).contains(&len) {
+    if !(prefix..=MAX_PAYLOAD).contains(&len) {
         return Parsed::Bad;
     }
     if buf.len() < HEADER + len {
@@ -737,21 +780,31 @@ fn parse_frame(buf: &[u8]) -> Parsed {
     if crc32c::crc32c(payload) != crc {
         return Parsed::Bad;
     }
+    let (topic, payload) = if has_topic {
+        match Topic::from_byte(payload[0]) {
+            Some(topic) => (topic, &payload[1..]),
+            None => return Parsed::Bad,
+        }
+    } else {
+        (Topic::Clicks, payload)
+    };
     let key_len = u16::from_le_bytes([payload[0], payload[1]]) as usize;
-    if 2 + key_len > len {
+    if 2 + key_len > payload.len() {
         return Parsed::Bad;
     }
     Parsed::Frame {
+        topic,
         key: payload[2..2 + key_len].to_vec(),
         value: payload[2 + key_len..].to_vec(),
         len: HEADER + len,
     }
 }
 
+/// Where the next frame of either version begins, at `from` or after.
 fn find_magic(buf: &[u8], from: usize) -> Option<usize> {
     buf.get(from..)?
         .windows(MAGIC.len())
-        .position(|w| w == MAGIC)
+        .position(|w| w == MAGIC || w == MAGIC_V1)
         .map(|i| from + i)
 }
 
@@ -784,7 +837,11 @@ mod tests {
         let mut id = 0;
         for i in 0..n {
             id = spool
-                .append(format!("k{i}").as_bytes(), format!("value {i}").as_bytes())
+                .append(
+                    Topic::Clicks,
+                    format!("k{i}").as_bytes(),
+                    format!("value {i}").as_bytes(),
+                )
                 .unwrap()
                 .segment;
         }
@@ -806,6 +863,57 @@ mod tests {
             panic!()
         };
         assert_eq!(*end, spool.segments[&id].bytes);
+    }
+
+    #[test]
+    fn each_record_keeps_its_topic_and_segments_of_older_builds_replay_as_clicks() {
+        let dir = tempfile::tempdir().unwrap();
+        // A segment an older build left: CEv1 frames, no topic byte.
+        let mut old = Vec::new();
+        write_v1_frame(&mut old, b"old-1", b"{\"click\":1}").unwrap();
+        write_v1_frame(&mut old, b"old-2", b"{\"click\":2}").unwrap();
+        fs::write(dir.path().join(format!("{:020}{SEGMENT_SUFFIX}", 1)), &old).unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
+        let new = spool
+            .append(Topic::Actions, b"acme|sale|A-1", b"{}")
+            .unwrap();
+        spool.append(Topic::Clicks, b"click", b"{}").unwrap();
+        spool.sync().unwrap();
+        let mut read = Vec::new();
+        for id in [1, new.segment] {
+            for frame in spool.read_unsent(id, u64::MAX).unwrap() {
+                let Frame::Record { topic, key, .. } = frame else {
+                    panic!("not a record: {frame:?}")
+                };
+                read.push((topic, String::from_utf8(key).unwrap()));
+            }
+        }
+        assert_eq!(
+            read,
+            vec![
+                (Topic::Clicks, "old-1".to_owned()),
+                (Topic::Clicks, "old-2".to_owned()),
+                (Topic::Actions, "acme|sale|A-1".to_owned()),
+                (Topic::Clicks, "click".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_frame_naming_no_known_topic_is_corrupt() {
+        let mut frame = Vec::new();
+        push_frame_with(&mut frame, Topic::Actions, b"k", |buf| buf.push(b'v')).unwrap();
+        // A topic byte no build writes, with a checksum that matches it.
+        frame[HEADER] = 7;
+        let crc = crc32c::crc32c(&frame[HEADER..]);
+        frame[8..12].copy_from_slice(&crc.to_le_bytes());
+        let frames = parse_frames(&frame, 0, true, u64::MAX);
+        assert_eq!(
+            frames,
+            vec![Frame::Corrupt {
+                end: frame.len() as u64
+            }]
+        );
     }
 
     #[test]
@@ -868,7 +976,7 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("new/spool");
         let mut spool = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
-        spool.append(b"k", b"v").unwrap();
+        spool.append(Topic::Clicks, b"k", b"v").unwrap();
         spool.flush().unwrap();
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         assert_eq!(
@@ -921,7 +1029,7 @@ mod tests {
         let mut spool = Spool::open(dir.path(), 200, 1 << 20).unwrap();
         let mut stored = 0;
         let result = loop {
-            match spool.append(b"key", &[b'x'; 40]) {
+            match spool.append(Topic::Clicks, b"key", &[b'x'; 40]) {
                 Ok(_) => stored += 1,
                 Err(e) => break e,
             }
@@ -935,11 +1043,11 @@ mod tests {
     fn an_abandoned_segment_trusts_the_file_and_the_next_append_starts_anew() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
-        let one = spool.append(b"k", b"one").unwrap();
+        let one = spool.append(Topic::Clicks, b"k", b"one").unwrap();
         let first = one.segment;
         spool.flush().unwrap();
         // As after a failed write: buffered frames that never reached the file.
-        let two = spool.append(b"k", b"two").unwrap();
+        let two = spool.append(Topic::Clicks, b"k", b"two").unwrap();
         let (_, writer) = spool.writer.as_mut().unwrap();
         assert!(!writer.buffer().is_empty());
         spool.abandon_active();
@@ -953,7 +1061,7 @@ mod tests {
         assert_eq!(spool.total_bytes(), segment.bytes);
         assert!(spool.holds(one), "flushed before the failure: on disk");
         assert!(!spool.holds(two), "still buffered: not on disk");
-        let next = spool.append(b"k", b"three").unwrap().segment;
+        let next = spool.append(Topic::Clicks, b"k", b"three").unwrap().segment;
         assert_ne!(next, first);
         let frames = spool.read_unsent(first, u64::MAX).unwrap();
         assert_eq!(records(&frames), vec![("k".into(), "one".into())]);
@@ -963,8 +1071,14 @@ mod tests {
     fn segments_rotate_and_go_when_sent_and_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 30, 100).unwrap();
-        let first = spool.append(b"k", &[b'x'; 90]).unwrap().segment;
-        let second = spool.append(b"k", &[b'y'; 90]).unwrap().segment;
+        let first = spool
+            .append(Topic::Clicks, b"k", &[b'x'; 90])
+            .unwrap()
+            .segment;
+        let second = spool
+            .append(Topic::Clicks, b"k", &[b'y'; 90])
+            .unwrap()
+            .segment;
         assert_ne!(first, second, "a full segment rotates");
         assert_eq!(spool.segment_count(), 2);
         assert!(spool.segments[&first].sealed);

@@ -137,6 +137,7 @@ impl Fleet {
     async fn start(tansu: &std::path::PathBuf) -> Fleet {
         let broker = start_broker(tansu);
         create_topic(&broker.address, "clicks", 3).await;
+        create_topic(&broker.address, "actions", 3).await;
         create_topic(&broker.address, "links", 1).await;
         let dir = tempfile::tempdir().unwrap();
         let links = dir.path().join("links.ndjson");

@@ -156,6 +156,7 @@ async fn clicks_reach_a_real_broker_and_read_back_in_full() {
     };
     let broker = start_broker(&tansu);
     create_topic(&broker.address, "clicks", 3).await;
+    create_topic(&broker.address, "actions", 3).await;
 
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
@@ -295,6 +296,7 @@ async fn a_hung_broker_under_traffic_loses_no_click() {
     };
     let broker = start_broker(&tansu);
     create_topic(&broker.address, "clicks", 3).await;
+    create_topic(&broker.address, "actions", 3).await;
     let (edge, http) = Running::serve(&[
         "--kafka-brokers",
         &broker.address,
@@ -354,6 +356,7 @@ async fn the_links_topic_upserts_and_deletes_through_a_real_broker() {
     };
     let broker = start_broker(&tansu);
     create_topic(&broker.address, "clicks", 1).await;
+    create_topic(&broker.address, "actions", 1).await;
     create_topic(&broker.address, "links", 1).await;
     let vanity = r#"{"type":"vanity","host":"new.pxf.io","slug":"fresh","partner_id":"9","campaign_id":"9","ad_id":"9","url":"https://www.acme.com/fresh"}"#;
     produce(
@@ -433,12 +436,14 @@ async fn clicks_reach_the_broker_over_tls() {
     )
     .unwrap();
     let _proxy = start_haproxy(&config, tls);
-    let created = Command::new(&tansu)
-        .args(["topic", "create", "clicks", "--partitions", "2", "--broker"])
-        .arg(format!("tcp://127.0.0.1:{plain}"))
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
+    for topic in ["clicks", "actions"] {
+        let created = Command::new(&tansu)
+            .args(["topic", "create", topic, "--partitions", "2", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{plain}"))
+            .output()
+            .unwrap();
+        assert!(created.status.success(), "{created:?}");
+    }
 
     let bootstrap = format!("localhost:{tls}");
     let ca_option = format!("ssl.ca.location={}", ca.display());

@@ -7,6 +7,7 @@
 //! Synchronous on purpose: nothing here waits. The map is a lock-free snapshot, the
 //! event goes into the worker's own batch, and no I/O happens.
 
+pub mod actions;
 pub mod decide;
 
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use super::{interstitial, AppState, EdgeSettings};
 use crate::click_id::ClickId;
 use crate::event::ClickEvent;
 use crate::links::LinkKind;
-use crate::sink::ClickSink;
+use crate::sink::{EventIntake, Topic};
 
 const ROBOTS_TXT: &str = "User-agent: *\nDisallow: /";
 /// A `HeaderName` made once: from a `&str`, every insert allocated and parsed it.
@@ -184,7 +185,7 @@ fn render_click(click: &ClickAnswer<'_, '_>, client: &Client) -> Response<Body> 
 /// The click's event, to the sink.
 fn emit<B>(
     settings: &EdgeSettings,
-    sink: &dyn ClickSink,
+    sink: &dyn EventIntake,
     request: &Request<B>,
     facts: &Facts<'_>,
     click: &ClickAnswer<'_, '_>,
@@ -233,7 +234,7 @@ fn emit<B>(
     };
     // One visitor's clicks share a key, so they stay ordered on one partition.
     let key = visitor.unwrap_or(click_id);
-    sink.submit(key, &mut |buf| event.write_json(buf));
+    sink.submit(Topic::Clicks, key, &mut |buf| event.write_json(buf));
 }
 
 /// A redirect with an empty body; `location` is visible ASCII (request targets and
@@ -274,8 +275,9 @@ mod tests {
     #[derive(Default)]
     struct Kept(Mutex<Vec<(String, serde_json::Value)>>);
 
-    impl ClickSink for Kept {
-        fn submit(&self, key: &str, write: &mut dyn FnMut(&mut Vec<u8>)) {
+    impl EventIntake for Kept {
+        fn submit(&self, topic: Topic, key: &str, write: &mut dyn FnMut(&mut Vec<u8>)) {
+            assert_eq!(topic, Topic::Clicks, "the click path writes clicks only");
             let mut bytes = Vec::new();
             write(&mut bytes);
             let event = serde_json::from_slice(&bytes).expect("the event is JSON");
@@ -297,6 +299,7 @@ mod tests {
             node_id: "node-7".into(),
             click_id_param: "clickid".into(),
             visitor_cookie,
+            tag: actions::TagScript::new("clickid"),
         };
         let map = load_str(LINKS, "test", true).unwrap().map;
         let facts = parse(&settings, &request);

@@ -22,6 +22,9 @@ use time::OffsetDateTime;
 use crate::click_id::ClickId;
 use crate::json::{given, FieldName};
 
+pub mod event;
+pub mod query;
+
 /// Items in one action, at most.
 pub const MAX_ITEMS: usize = 500;
 /// `metadata` values, at most.
