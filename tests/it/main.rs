@@ -1,6 +1,7 @@
 //! One integration-test binary: real servers on 127.0.0.1:0, real sockets, events
 //! read back from Kafka (librdkafka's mock cluster, and a tansu broker process).
 
+mod actions;
 mod cli;
 mod client_ip;
 mod delivery;

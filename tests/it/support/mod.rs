@@ -55,6 +55,7 @@ pub struct TestEdge {
     pub admin: SocketAddr,
     pub bootstrap: String,
     pub topic: String,
+    pub actions_topic: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     links_file: tempfile::NamedTempFile,
@@ -95,6 +96,7 @@ impl TestEdge {
         argv.extend_from_slice(args);
         let config = Config::from_argv(argv).unwrap();
         let topic = config.kafka.topic.clone();
+        let actions_topic = config.kafka.actions_topic.clone();
         let server = Server::bind(config).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let edge = TestEdge {
@@ -103,6 +105,7 @@ impl TestEdge {
             admin: server.admin_addr(),
             bootstrap: server.kafka_bootstrap().to_owned(),
             topic,
+            actions_topic,
             stop: Some(stop),
             task: None,
             links_file: file,
@@ -150,6 +153,11 @@ impl TestEdge {
     /// catch any extra one.
     pub async fn events(&self, count: usize) -> Vec<Consumed> {
         consume(&self.bootstrap, &self.topic, count).await
+    }
+
+    /// Reads the actions topic as [`TestEdge::events`] reads the clicks'.
+    pub async fn actions(&self, count: usize) -> Vec<Consumed> {
+        consume(&self.bootstrap, &self.actions_topic, count).await
     }
 
     /// Signals shutdown and waits for `run` to return.
@@ -227,7 +235,9 @@ impl TestEdge {
 pub struct TestResponse {
     pub status: u16,
     pub headers: HeaderMap,
+    /// The body as text (invalid UTF-8 replaced); `bytes` as sent.
     pub body: String,
+    pub bytes: Vec<u8>,
 }
 
 impl TestResponse {
@@ -298,7 +308,8 @@ pub async fn request_with_body(
     TestResponse {
         status,
         headers,
-        body: String::from_utf8(body.to_vec()).unwrap(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body.to_vec(),
     }
 }
 
