@@ -564,3 +564,118 @@ async fn sasl_scram_is_spoken_to_a_real_broker_and_a_refused_login_keeps_the_eve
         "{metrics}"
     );
 }
+
+/// SPEC §8: actions take the clicks' journal. 1,000 actions in batches of 100,
+/// the broker hung (SIGSTOP) for the middle batches: every request is still
+/// accepted at once, and every action is read back from the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_actions_survive_a_broker_outage_in_the_middle() {
+    let Some(tansu) = require_tansu() else {
+        return;
+    };
+    let broker = start_broker(&tansu);
+    create_topic(&broker.address, "clicks", 1).await;
+    create_topic(&broker.address, "actions", 3).await;
+    // The embedded sample links: brand acme, its development action key.
+    let (edge, http) = Running::serve(&[
+        "--kafka-brokers",
+        &broker.address,
+        "--shutdown-timeout",
+        "20s",
+    ]);
+    edge.wait_for("Kafka topic reachable");
+    let pid = broker.child.id().to_string();
+    let signal = |which: &str| {
+        assert!(Command::new("kill")
+            .args([which, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    let mut accepted = Vec::new();
+    for batch in 0..10 {
+        if batch == 3 {
+            signal("-STOP");
+        }
+        if batch == 7 {
+            // The edge saw the outage: the batches since went to the spool.
+            edge.wait_for("Kafka topic not reachable");
+            signal("-CONT");
+        }
+        let body: String = (0..100)
+            .map(|i| {
+                let n = batch * 100 + i;
+                format!(
+                    "{{\"event\":\"sale\",\"order_id\":\"O-{n}\",\"amount\":\"{n}.99\",\"currency\":\"USD\"}}\n"
+                )
+            })
+            .collect();
+        let started = Instant::now();
+        let response = crate::support::request_with_body(
+            http,
+            "POST",
+            "acme.sjv.io",
+            "/v1/actions",
+            &[("authorization", "Bearer acme-dev-action-key")],
+            body,
+        )
+        .await;
+        assert_eq!(response.status, 202, "batch {batch}: {}", response.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "batch {batch} waited {:?} (for the broker?)",
+            started.elapsed()
+        );
+        let answer: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+        accepted.extend(
+            answer["accepted"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["action_id"].as_str().unwrap().to_owned()),
+        );
+        if (3..7).contains(&batch) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    assert_eq!(accepted.len(), 1000);
+    assert_eq!(edge.terminate(), 0, "SIGTERM exits 0 after the flush");
+
+    let bootstrap = broker.address.clone();
+    let events = tokio::task::spawn_blocking(move || {
+        consume_blocking(&bootstrap, "actions", 1000, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let mut ids: Vec<String> = events
+        .iter()
+        .map(|e| e.field("action_id").as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let read = ids.len();
+    ids.dedup();
+    accepted.sort();
+    let missing = accepted
+        .iter()
+        .filter(|id| ids.binary_search(id).is_err())
+        .count();
+    eprintln!(
+        "tansu actions outage test: 1000 accepted, {read} events read, {missing} lost, {} duplicates",
+        read - ids.len()
+    );
+    assert_eq!(missing, 0, "every accepted action is in the topic");
+    for event in &events {
+        assert_eq!(
+            event.headers.get("schema").map(String::as_str),
+            Some("action.v1")
+        );
+        let order = event.field("order_id").as_str().unwrap();
+        assert_eq!(
+            event.key.as_deref(),
+            Some(format!("acme|sale|{order}").as_str())
+        );
+        let n: u32 = order.trim_start_matches("O-").parse().unwrap();
+        assert_eq!(event.field("amount"), format!("{n}.99").as_str());
+        assert_eq!(event.field("verified"), true);
+    }
+}
