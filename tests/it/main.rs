@@ -2,6 +2,7 @@
 //! read back from Kafka (librdkafka's mock cluster, and a tansu broker process).
 
 mod actions;
+mod browser;
 mod cli;
 mod client_ip;
 mod delivery;
