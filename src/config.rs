@@ -598,6 +598,7 @@ mod tests {
         assert_eq!(c.http, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.admin, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(c.kafka.topic, "clicks");
+        assert_eq!(c.kafka.actions_topic, "actions");
         assert_eq!(c.kafka.brokers, None);
         assert_eq!(c.click_id_param, "clickid");
         assert!(c.visitor_cookie);
@@ -626,6 +627,14 @@ mod tests {
             (
                 vec!["clickedge", "--links-topic", "a/b"],
                 "not a Kafka topic name",
+            ),
+            (
+                vec!["clickedge", "--actions-topic", "a:b"],
+                "not a Kafka topic name",
+            ),
+            (
+                vec!["clickedge", "--actions-topic", "clicks"],
+                "--actions-topic and --kafka-topic are both",
             ),
             (vec!["clickedge", "--admin-token", "short"], "--admin-token"),
             (

@@ -254,7 +254,7 @@ impl Outcome {
 }
 
 /// Statuses the edge answers with; the label must stay bounded.
-const STATUSES: [(u16, &str); 13] = [
+const STATUSES: [(u16, &str); 14] = [
     (200, "200"),
     (202, "202"),
     (204, "204"),
@@ -267,6 +267,7 @@ const STATUSES: [(u16, &str); 13] = [
     (404, "404"),
     (405, "405"),
     (413, "413"),
+    (503, "503"),
     (500, "500"),
 ];
 

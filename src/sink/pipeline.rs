@@ -131,6 +131,7 @@ impl EventSink {
         let queued = Arc::new(AtomicUsize::new(0));
         let journal = Arc::new(JournalState {
             has_room: AtomicBool::new(true),
+            room_bytes: AtomicU64::new(spool.max_bytes),
             writable: AtomicBool::new(true),
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -277,6 +278,14 @@ impl EventSink {
         Ok(())
     }
 
+    /// Whether the journal had room for about `bytes` more as of the pump's
+    /// last turn (events handed over since are not counted): what a reporter
+    /// that can retry is told before its events are accepted, so that a
+    /// nearly full spool refuses a request rather than drop part of it.
+    pub fn has_room_for(&self, bytes: u64) -> bool {
+        self.journal.room_bytes.load(Ordering::Relaxed) >= bytes
+    }
+
     /// Stops the pump after it has spooled every submitted event and waited up to
     /// `timeout` for acknowledgements. Returns whether all were acknowledged (what
     /// was not stays in the spool for the next start).
@@ -321,6 +330,8 @@ pub enum NotKept {
 struct JournalState {
     /// Under `--spool-max-bytes` with room for one more event.
     has_room: AtomicBool,
+    /// Bytes the spool could still take, as of the pump's last turn.
+    room_bytes: AtomicU64,
     /// The last write reached the disk (or the disk has room again since).
     writable: AtomicBool,
 }
@@ -826,6 +837,10 @@ impl Pump {
         self.journal
             .has_room
             .store(self.spool.has_room_for(4096), Ordering::Relaxed);
+        self.journal.room_bytes.store(
+            self.settings.max_bytes.saturating_sub(total),
+            Ordering::Relaxed,
+        );
         self.probe_disk();
     }
 

@@ -542,3 +542,74 @@ async fn the_tag_is_cached_by_etag_and_names_the_configured_parameter() {
     assert_eq!(other.status, 200);
     edge.stop().await.unwrap();
 }
+
+/// Actions can be retried, clicks cannot: with the broker down and the spool
+/// nearly full, a request is refused whole (`503`, `Retry-After`) rather than
+/// accepted and partly dropped.
+#[tokio::test]
+async fn a_spool_without_room_refuses_the_request_and_drops_no_accepted_action() {
+    let (cluster, bootstrap) = crate::support::mock_kafka(&[("clicks", 1), ("actions", 1)]);
+    cluster.broker_down(1).unwrap();
+    let edge = TestEdge::start(
+        &links(),
+        &[
+            "--kafka-brokers",
+            &bootstrap,
+            "--spool-max-bytes",
+            "64KiB",
+            "--shutdown-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let batch: String = (0..20)
+        .map(|i| format!("{{\"event\":\"sale\",\"order_id\":\"O-{i}\",\"amount\":\"1\",\"currency\":\"USD\"}}\n"))
+        .collect();
+    let mut accepted = 0;
+    let refused = loop {
+        let response = post_actions(&edge, Some(KEY), &batch).await;
+        match response.status {
+            202 => accepted += 20,
+            503 => break response,
+            other => panic!("{other}: {}", response.body),
+        }
+        assert!(accepted < 2000, "never refused");
+        // The pump's view of the room is a turn behind.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    assert!(
+        refused.body.contains("nothing was recorded"),
+        "{}",
+        refused.body
+    );
+    assert!(accepted > 0);
+    // Every accepted action journaled (sent while the broker's state was not
+    // known yet, or kept for replay), none dropped.
+    let journaled = |m: &str| {
+        ["queued", "spooled"]
+            .iter()
+            .map(|r| {
+                sample(
+                    m,
+                    &format!(r#"clickedge_action_events_total{{result="{r}"}}"#),
+                )
+                .unwrap()
+            })
+            .sum::<f64>()
+    };
+    let metrics = edge
+        .wait_for_metrics("every accepted action journaled", |m| {
+            journaled(m) >= accepted as f64
+        })
+        .await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"clickedge_action_events_total{result="dropped"}"#
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    edge.stop().await.unwrap();
+}

@@ -39,6 +39,9 @@ type Body = Full<Bytes>;
 /// `POST /v1/actions`: at most this many bytes and actions per request.
 pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_ACTIONS: usize = 1000;
+/// What an `action.v1` event adds to its report's bytes, about (ids, times,
+/// field names, the request's host, address and User-Agent, the frame).
+const EVENT_ENVELOPE_BYTES: usize = 768;
 /// A beacon carries one action; browsers cap them at 64 KiB.
 const MAX_BEACON_BODY: usize = 64 << 10;
 
@@ -156,14 +159,7 @@ where
     };
     // Refuse what could not be kept before reading it: the reporter retries.
     if let Err(why) = state.sink.keeps_new_events() {
-        let mut response = json_answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"error": format!("actions cannot be kept right now ({why:?}); retry later")}),
-        );
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-        return response;
+        return unavailable(&format!("the journal cannot keep events ({why:?})"));
     }
     let reporter = Reporter::of(&request, client);
     let body = match read_body(request, MAX_BODY).await {
@@ -214,6 +210,15 @@ where
             ),
             &errors,
         );
+    }
+    // Room for the whole request, or none of it: an event takes about its
+    // report's bytes and the envelope's.
+    let needed: usize = reports
+        .iter()
+        .map(|(_, text)| text.len() + EVENT_ENVELOPE_BYTES)
+        .sum();
+    if !state.sink.has_room_for(needed as u64) {
+        return unavailable("the spool has no room for these actions");
     }
     let receipt = Receipt {
         received_at: OffsetDateTime::from(now),
@@ -559,6 +564,18 @@ fn bad_request(error: &str, errors: &[(usize, &ActionError)]) -> Response<Body> 
         body["errors"] = serde_json::Value::Array(errors);
     }
     json_answer(StatusCode::BAD_REQUEST, &body)
+}
+
+/// `503`: nothing of the request was recorded; send it again later.
+fn unavailable(why: &str) -> Response<Body> {
+    let mut response = json_answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": format!("{why}: nothing was recorded; retry later")}),
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    response
 }
 
 fn not_allowed(allow: &'static str) -> Response<Body> {
