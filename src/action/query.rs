@@ -6,22 +6,13 @@
 
 use serde_json::{Map, Value};
 
-use super::ActionError;
+use super::{refuse, ActionError, FIELDS};
 
-/// Fields given once, as strings.
-const SINGLE: &[&str] = &[
-    "event",
-    "order_id",
-    "amount",
-    "currency",
-    "click_id",
-    "promo_code",
-    "customer_id",
-    "customer_email_sha256",
-    "customer_status",
-    "occurred_at",
-    "test",
-];
+/// Fields given once, as strings: all but the nested ones.
+fn is_single(name: &str) -> bool {
+    !matches!(name, "items" | "metadata")
+}
+
 /// Items' fields, repeated once per item, and their names in the JSON form.
 const ITEM_FIELDS: &[(&str, &str)] = &[
     ("sku", "sku"),
@@ -39,13 +30,6 @@ pub struct QueryForm {
     pub json: String,
     /// `channel=tag`: sent by the first-party tag (else a pixel).
     pub from_tag: bool,
-}
-
-fn refuse(field: &str, reason: impl Into<String>) -> ActionError {
-    ActionError {
-        field: field.to_owned(),
-        reason: reason.into(),
-    }
 }
 
 /// The action a query describes, as JSON for [`super::parse_action`].
@@ -86,7 +70,10 @@ pub fn from_query(query: &str) -> Result<QueryForm, ActionError> {
             }
             continue;
         }
-        let Some(field) = SINGLE.iter().find(|field| **field == name) else {
+        let Some(field) = FIELDS
+            .iter()
+            .find(|field| **field == name && is_single(field))
+        else {
             return Err(refuse(&name, "unknown field"));
         };
         if action.contains_key(*field) {

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-use super::edge::text;
+use super::edge::{bearer_refused, json_response, secret_digest, text};
 use super::reload::{reload_links, ReloadError};
 use super::AppState;
 use crate::destination::IncomingQuery;
@@ -161,25 +161,11 @@ fn authorize<B>(state: &AppState, request: &Request<B>) -> Result<(), Refused> {
     // Digests of equal length compared in constant time: neither a prefix nor
     // the token's length shows in the time taken.
     let valid =
-        presented.is_some_and(|p| bool::from(token_digest[..].ct_eq(&admin_token_digest(p)[..])));
+        presented.is_some_and(|p| bool::from(token_digest[..].ct_eq(&secret_digest(p)[..])));
     if valid {
         return Ok(());
     }
-    let mut response = json_response(
-        StatusCode::UNAUTHORIZED,
-        &json!({"error": "missing or wrong bearer token"}),
-    );
-    response
-        .headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    Err(Box::new(response))
-}
-
-/// What the admin token is compared as (SHA-256), so that comparisons take the
-/// same time whatever the length of what is presented.
-pub(super) fn admin_token_digest(token: &str) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
+    Err(Box::new(bearer_refused("missing or wrong bearer token")))
 }
 
 async fn read_body<B>(request: Request<B>) -> Result<Bytes, Refused>
@@ -389,17 +375,6 @@ fn line_errors(errors: &[LineError]) -> Value {
         .iter()
         .map(|e| json!({"line": e.line, "reason": e.reason.0}))
         .collect()
-}
-
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut body = serde_json::to_vec(value).expect("JSON values serialize");
-    body.push(b'\n');
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }
 
 fn not_allowed(allow: &'static str) -> Response<Body> {

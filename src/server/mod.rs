@@ -278,7 +278,7 @@ impl Server {
                     .as_ref()
                     .map(|t| AtomicI64::new(t.snapshot.current_at_ms.unwrap_or(0))),
                 started_at_ms: reload::unix_millis(),
-                admin_token_digest: config.admin_token.as_deref().map(admin::admin_token_digest),
+                admin_token_digest: config.admin_token.as_deref().map(edge::secret_digest),
                 draining: AtomicBool::new(false),
                 certs,
             },

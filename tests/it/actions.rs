@@ -548,20 +548,7 @@ async fn the_tag_is_cached_by_etag_and_names_the_configured_parameter() {
 /// accepted and partly dropped.
 #[tokio::test]
 async fn a_spool_without_room_refuses_the_request_and_drops_no_accepted_action() {
-    let (cluster, bootstrap) = crate::support::mock_kafka(&[("clicks", 1), ("actions", 1)]);
-    cluster.broker_down(1).unwrap();
-    let edge = TestEdge::start(
-        &links(),
-        &[
-            "--kafka-brokers",
-            &bootstrap,
-            "--spool-max-bytes",
-            "64KiB",
-            "--shutdown-timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let (_cluster, edge) = crate::ops::broker_down_small_spool_serving(&links(), &[]).await;
     let batch: String = (0..20)
         .map(|i| format!("{{\"event\":\"sale\",\"order_id\":\"O-{i}\",\"amount\":\"1\",\"currency\":\"USD\"}}\n"))
         .collect();

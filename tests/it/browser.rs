@@ -19,20 +19,6 @@ use serde_json::Value;
 
 use crate::support::{sample, TestEdge};
 
-fn chromium() -> Option<&'static str> {
-    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide chromium (see .ci/run)"
-        );
-        eprintln!("SKIPPED: chromium not installed");
-    }
-    found
-}
-
 /// The shop's pages, as a brand's site would serve them, with the tag from
 /// the tracking host `edge`.
 fn page(path: &str, edge: u16) -> Option<String> {
@@ -116,26 +102,9 @@ async fn serve_shop(edge: Arc<AtomicU16>) -> SocketAddr {
 
 /// The DOM Chromium has once `url` loaded (on a thread of its own: the edge and
 /// the shop serve on the runtime meanwhile).
-async fn dump_dom(chromium: &'static str, profile: &std::path::Path, url: String) -> String {
-    let profile = profile.to_owned();
+async fn dump_dom(mut chromium: Command, url: String) -> String {
     tokio::task::spawn_blocking(move || {
-        let output = Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--host-resolver-rules=MAP acme.sjv.io 127.0.0.1, MAP shop.test 127.0.0.1, MAP evil.test 127.0.0.1",
-                "--dump-dom",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(url)
-            .output()
-            .unwrap();
+        let output = chromium.arg("--dump-dom").arg(url).output().unwrap();
         String::from_utf8_lossy(&output.stdout).into_owned()
     })
     .await
@@ -144,9 +113,12 @@ async fn dump_dom(chromium: &'static str, profile: &std::path::Path, url: String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tag_keeps_the_click_id_and_tracks_a_sale_from_the_brands_site_only() {
-    let Some(chromium) = chromium() else {
+    let profile = tempfile::tempdir().unwrap();
+    let browser =
+        || crate::support::chromium(profile.path(), &["acme.sjv.io", "shop.test", "evil.test"]);
+    if browser().is_none() {
         return;
-    };
+    }
     let edge_port = Arc::new(AtomicU16::new(0));
     let shop = serve_shop(edge_port.clone()).await;
     let shop_origin = format!("http://shop.test:{}", shop.port());
@@ -163,9 +135,8 @@ async fn the_tag_keeps_the_click_id_and_tracks_a_sale_from_the_brands_site_only(
     let http_port = edge.http.port();
     edge_port.store(http_port, Ordering::SeqCst);
 
-    let profile = tempfile::tempdir().unwrap();
     let click_url = format!("http://acme.sjv.io:{http_port}/c/1234/5678/9012");
-    let dom = dump_dom(chromium, profile.path(), click_url).await;
+    let dom = dump_dom(browser().unwrap(), click_url).await;
 
     let clicks = edge.events(1).await;
     assert_eq!(clicks.len(), 1, "{clicks:?}");
@@ -204,7 +175,7 @@ async fn the_tag_keeps_the_click_id_and_tracks_a_sale_from_the_brands_site_only(
 
     // The same tag on a site the brand did not list: refused, nothing recorded.
     let foreign = format!("http://evil.test:{}/foreign", shop.port());
-    let foreign_dom = dump_dom(chromium, profile.path(), foreign).await;
+    let foreign_dom = dump_dom(browser().unwrap(), foreign).await;
     assert!(foreign_dom.contains("<body>"), "{foreign_dom}");
     let metrics = edge
         .wait_for_metrics("the foreign beacon refused", |m| {

@@ -2,8 +2,6 @@
 //! the interstitial page (checked in a real headless Chromium too), and the
 //! app-site association files byte for byte.
 
-use std::process::Command;
-
 use serde_json::Value;
 
 use crate::support::{request, Consumed, TestEdge};
@@ -256,38 +254,18 @@ async fn app_site_files_are_served_byte_for_byte() {
 /// people (kept as a test artifact), and the DOM's three links for the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_interstitial_renders_in_a_real_browser() {
-    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide chromium (see .ci/run)"
-        );
-        eprintln!("SKIPPED: chromium not installed");
+    let profile = tempfile::tempdir().unwrap();
+    if crate::support::chromium(profile.path(), &[]).is_none() {
         return;
-    };
+    }
     let edge = TestEdge::start(&links(), &[]).await;
     let url = format!("http://acme.sjv.io:{}/c/4242/10/1", edge.http.port());
-    let profile = tempfile::tempdir().unwrap();
     let artifact = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("interstitial.png");
     let _ = std::fs::remove_file(&artifact);
     let run = |extra: Vec<String>| {
-        let mut command = Command::new(chromium);
-        command.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=390,844",
-            "--host-resolver-rules=MAP acme.sjv.io 127.0.0.1",
-        ]);
-        command.arg(format!("--user-data-dir={}", profile.path().display()));
+        let mut command =
+            crate::support::chromium(profile.path(), &["acme.sjv.io"]).expect("found above");
+        command.args(["--hide-scrollbars", "--window-size=390,844"]);
         command.arg(format!("--user-agent={IPHONE}"));
         command.args(extra);
         command.arg(&url);

@@ -114,7 +114,18 @@ async fn broker_down_small_spool(
     MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     TestEdge,
 ) {
-    let (cluster, bootstrap) = mock_kafka(&[("clicks", 1)]);
+    broker_down_small_spool_serving(LINKS, args).await
+}
+
+/// As [`broker_down_small_spool`], serving `links`.
+pub async fn broker_down_small_spool_serving(
+    links: &str,
+    args: &[&str],
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    TestEdge,
+) {
+    let (cluster, bootstrap) = mock_kafka(&[("clicks", 1), ("actions", 1)]);
     cluster.broker_down(1).unwrap();
     let mut argv = vec![
         "--kafka-brokers",
@@ -125,7 +136,7 @@ async fn broker_down_small_spool(
         "1s",
     ];
     argv.extend_from_slice(args);
-    let edge = TestEdge::start(LINKS, &argv).await;
+    let edge = TestEdge::start(links, &argv).await;
     (cluster, edge)
 }
 

@@ -13,8 +13,7 @@ use bytes::Bytes;
 use http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
     ACCESS_CONTROL_MAX_AGE, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
-    ETAG, IF_NONE_MATCH, ORIGIN, RETRY_AFTER, USER_AGENT, VARY, WWW_AUTHENTICATE,
-    X_CONTENT_TYPE_OPTIONS,
+    ETAG, IF_NONE_MATCH, ORIGIN, RETRY_AFTER, USER_AGENT, VARY, X_CONTENT_TYPE_OPTIONS,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -26,6 +25,7 @@ use tracing::debug;
 use super::super::client_ip::{self, Client};
 use super::super::request::{header_text, request_host};
 use super::super::AppState;
+use super::{bearer_refused, json_response, secret_digest};
 use crate::action::event::{ActionEvent, Receipt};
 use crate::action::query::from_query;
 use crate::action::{parse_action, Action, ActionError, Context};
@@ -148,14 +148,9 @@ where
     let count = |result, n| state.metrics.actions(ActionChannel::Api, result, n);
     let Some(test_key) = key_kind(brand, &request) else {
         count(ActionResult::Unauthorized, 1);
-        let mut response = json_answer(
-            StatusCode::UNAUTHORIZED,
-            &json!({"error": "missing or wrong key: send Authorization: Bearer <one of the brand's action keys>"}),
+        return bearer_refused(
+            "missing or wrong key: send Authorization: Bearer <one of the brand's action keys>",
         );
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
     };
     // Refuse what could not be kept before reading it: the reporter retries.
     if let Err(why) = state.sink.keeps_new_events() {
@@ -459,10 +454,10 @@ fn key_kind<B>(brand: &Brand, request: &Request<B>) -> Option<bool> {
     if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
         return None;
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, secret.trim().as_bytes());
+    let digest = secret_digest(secret.trim());
     let matches = |keys: &[[u8; 32]]| {
         keys.iter().fold(subtle::Choice::from(0), |found, key| {
-            found | key.ct_eq(digest.as_ref())
+            found | key.ct_eq(&digest)
         })
     };
     let (live, test) = (matches(&brand.action_keys), matches(&brand.test_keys));
@@ -589,14 +584,12 @@ fn not_allowed(allow: &'static str) -> Response<Body> {
     response
 }
 
+/// A JSON answer no cache keeps (it says what happened to one request).
 fn json_answer(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let mut text = body.to_string();
-    text.push('\n');
-    let mut response = Response::new(Full::new(Bytes::from(text)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut response = json_response(status, body);
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

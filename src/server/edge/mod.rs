@@ -249,6 +249,39 @@ fn redirect_to(location: &str, status: u16) -> Response<Body> {
     response
 }
 
+/// A JSON answer, one line (the admin listener's and the action endpoints').
+pub(super) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::to_vec(value).expect("JSON values serialize");
+    body.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `401` for a missing or wrong bearer secret, saying which one is wanted.
+pub(super) fn bearer_refused(error: &str) -> Response<Body> {
+    let mut response = json_response(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({ "error": error }),
+    );
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// What a bearer secret is compared as: its SHA-256, so that a comparison (in
+/// constant time) takes the same time whatever the length presented, and
+/// records hold digests, never secrets.
+pub(super) fn secret_digest(secret: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
 /// A short plain-text answer (also used by the admin listener).
 pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));

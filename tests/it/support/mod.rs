@@ -522,6 +522,39 @@ pub fn have(tool: &str) -> bool {
     found
 }
 
+/// Headless Chromium with the flags every browser test wants (no sandbox, GPU,
+/// QUIC, first-run or background traffic), its profile in `profile`, and
+/// `hosts` resolved to 127.0.0.1; `None` where it is not installed (a failure
+/// under CI, as for [`have`]).
+pub fn chromium(profile: &std::path::Path, hosts: &[&str]) -> Option<std::process::Command> {
+    let Some(binary) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide chromium (see .ci/run)"
+        );
+        eprintln!("SKIPPED: chromium not installed");
+        return None;
+    };
+    let rules: Vec<String> = hosts.iter().map(|h| format!("MAP {h} 127.0.0.1")).collect();
+    let mut command = std::process::Command::new(binary);
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]);
+    command.arg(format!("--host-resolver-rules={}", rules.join(", ")));
+    command.arg(format!("--user-data-dir={}", profile.display()));
+    Some(command)
+}
+
 /// A port nothing listens on right now, for a process that must be told its port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
