@@ -246,12 +246,7 @@ impl Fleet {
     }
 
     fn signal_broker(&self, signal: &str) {
-        let pid = self.broker.child.id().to_string();
-        assert!(Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success());
+        self.broker.signal(signal);
     }
 
     /// Reads the clicks topic until every served id is there (or 120 s pass):

@@ -53,6 +53,15 @@ pub struct Broker {
     pub address: String,
 }
 
+impl Broker {
+    /// Sends the broker process `which` (`-STOP` hangs it, `-CONT` resumes).
+    pub fn signal(&self, which: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args([which, &pid]).status().unwrap();
+        assert!(sent.success(), "kill {which} {pid}");
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -308,18 +317,9 @@ async fn a_hung_broker_under_traffic_loses_no_click() {
     // About seven seconds of clicks; the broker hangs (SIGSTOP) for three of them.
     let traffic = tokio::spawn(click_steadily(http, 2, 2500, Duration::from_millis(2)));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let pid = broker.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    broker.signal("-STOP");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    broker.signal("-CONT");
     let (served, failed) = traffic.await.unwrap();
     assert!(!failed, "redirects kept answering while the broker hung");
 
@@ -584,23 +584,15 @@ async fn a_thousand_actions_survive_a_broker_outage_in_the_middle() {
         "20s",
     ]);
     edge.wait_for("Kafka topic reachable");
-    let pid = broker.child.id().to_string();
-    let signal = |which: &str| {
-        assert!(Command::new("kill")
-            .args([which, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
     let mut accepted = Vec::new();
     for batch in 0..10 {
         if batch == 3 {
-            signal("-STOP");
+            broker.signal("-STOP");
         }
         if batch == 7 {
             // The edge saw the outage: the batches since went to the spool.
             edge.wait_for("Kafka topic not reachable");
-            signal("-CONT");
+            broker.signal("-CONT");
         }
         let body: String = (0..100)
             .map(|i| {
