@@ -18,7 +18,6 @@
 //! clicks) and `FLEET_STEADY_S` (3, before and after the rollout).
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
