@@ -56,7 +56,7 @@ pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
 /// scrape or builds a dashboard.
 const HELP: &[(&str, &str)] = &[
     (REQUESTS_TOTAL, "Requests answered on the edge listeners, by record type, outcome and status."),
-    (REQUEST_DURATION_SECONDS, "Time to answer an edge request, from its head parsed to its response built."),
+    (REQUEST_DURATION_SECONDS, "Time to answer an edge request, from its head parsed to its response built (the action endpoints are not in it: their time includes the upload)."),
     (CLICK_EVENTS_TOTAL, "Click events by what happened to them: queued to Kafka, delivered, spooled to disk, replayed from the spool, failed (and sent again), dropped (lost)."),
     (ACTION_EVENTS_TOTAL, "Action events (action.v1) by what happened to them, as for click events: queued, delivered, spooled, replayed, failed, dropped."),
     (ACTIONS_TOTAL, "Action reports by channel (api, pixel, tag) and result: accepted (an event each), rejected (invalid: no event), unauthorized (no or a wrong key)."),
@@ -427,6 +427,14 @@ impl Metrics {
 
     /// Counts an answered request and its duration.
     pub fn request(&self, kind: RequestType, outcome: Outcome, status: u16, seconds: f64) {
+        self.answered(kind, outcome, status);
+        self.request_duration.record(seconds);
+    }
+
+    /// Counts an answered request whose time says nothing of the edge: an
+    /// action report's includes its upload (a 1 MiB batch from a slow
+    /// network), which would drown the redirects' latency.
+    pub fn answered(&self, kind: RequestType, outcome: Outcome, status: u16) {
         let status_index = STATUSES
             .iter()
             .position(|(code, _)| *code == status)
@@ -448,7 +456,6 @@ impl Metrics {
                 )
             })
             .increment(1);
-        self.request_duration.record(seconds);
     }
 
     pub fn kafka_producer_renewed(&self) {

@@ -181,6 +181,11 @@ async fn api_actions_are_checked_and_streamed_field_by_field() {
         ),
         Some(1.0)
     );
+    // Timed: the click only (an action report's time includes its upload).
+    assert_eq!(
+        sample(&metrics, "clickedge_request_duration_seconds_count"),
+        Some(1.0)
+    );
     edge.wait_for_sample(r#"clickedge_action_events_total{result="delivered"}"#, 2.0)
         .await;
     edge.stop().await.unwrap();

@@ -7,7 +7,7 @@
 //! one, bounded, so the click path stays body-free and synchronous.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{
@@ -91,7 +91,6 @@ where
     B::Data: Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let started = Instant::now();
     let client = client_ip::client(
         peer.ip(),
         secure,
@@ -104,12 +103,9 @@ where
         Route::Pixel => (pixel(state, &brand, request, &client).await, Outcome::Pixel),
         Route::Tag => (tag(state, &request), Outcome::Tag),
     };
-    state.metrics.request(
-        RequestType::Brand,
-        outcome,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    state
+        .metrics
+        .answered(RequestType::Brand, outcome, response.status().as_u16());
     response
 }
 
