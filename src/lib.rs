@@ -3,7 +3,8 @@
 //! A request is resolved against an in-memory link map ([`links`]), answered with a
 //! redirect whose `Location` is built by [`destination`], and produces one click event
 //! ([`event`]) that goes to Kafka through a [`sink`] without the request ever waiting
-//! for it. `main.rs` is a thin shell around [`Config`] and [`Server`].
+//! for it. Brands report what followed the click ([`action`]) to the same edge, and
+//! those events take the same way. `main.rs` is a thin shell around [`Config`] and [`Server`].
 //!
 //! # Layout
 //! In the order a click flows through the modules:
@@ -16,7 +17,11 @@
 //! - [`host`]: host names normalized and checked in one place.
 //! - [`links`]: records, the map and `resolve`; [`destination`]: the `Location`.
 //! - [`click_id`], [`useragent`], [`event`]: the click's id, device and event.
-//! - [`sink`]: each worker's batch → the event pump → the spool (journal) → Kafka.
+//! - [`action`]: the conversions side: one reported action checked (JSON or a
+//!   pixel's query), and its `action.v1` event; `server::edge::actions` serves
+//!   `/v1/actions`, `/v1/px` and `/v1/tag.js` on a brand's hosts.
+//! - [`sink`]: each worker's batch → the event pump → the spool (journal) → Kafka,
+//!   for clicks and actions alike (each frame names its topic).
 //! - `metrics`: every metric, registered once per server.
 //! - [`tls`], [`signal`], [`consume`]: certificates, SIGTERM, the `consume` command.
 #![deny(rust_2018_idioms)]
