@@ -49,7 +49,7 @@ fn action_schema() -> jsonschema::Validator {
 }
 
 /// Every event valid against the schema, with the action header.
-fn check_schema(events: &[Consumed]) {
+pub fn check_schema(events: &[Consumed]) {
     let schema = action_schema();
     for event in events {
         assert_eq!(
@@ -397,6 +397,7 @@ async fn limits_methods_and_hosts() {
 
     let events = edge.actions(1000).await;
     assert_eq!(events.len(), 1000);
+    check_schema(&events);
     edge.stop().await.unwrap();
 }
 

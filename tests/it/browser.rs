@@ -151,6 +151,7 @@ async fn the_tag_keeps_the_click_id_and_tracks_a_sale_from_the_brands_site_only(
 
     let actions = edge.actions(1).await;
     assert_eq!(actions.len(), 1, "{actions:?}");
+    crate::actions::check_schema(&actions);
     let sale = &actions[0];
     assert_eq!(sale.field("event"), "sale");
     assert_eq!(

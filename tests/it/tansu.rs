@@ -656,6 +656,7 @@ async fn a_thousand_actions_survive_a_broker_outage_in_the_middle() {
         read - ids.len()
     );
     assert_eq!(missing, 0, "every accepted action is in the topic");
+    crate::actions::check_schema(&events);
     for event in &events {
         assert_eq!(
             event.headers.get("schema").map(String::as_str),
