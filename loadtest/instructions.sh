@@ -119,7 +119,8 @@ steps = [
 ]
 workers = collections.Counter()
 for thread in load:
-    if any("edge::handle" in fn for fn in load[thread][1]):
+    # The workers serve connections (edge::handle may be inlined into the service).
+    if any("edge::handle" in fn or "connection::service" in fn for fn in load[thread][1]):
         workers.update(load[thread][1])
         workers.subtract(idle.get(thread, (0, collections.Counter()))[1])
 by_step = collections.Counter()
