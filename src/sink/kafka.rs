@@ -515,13 +515,10 @@ fn spawn_monitor(kafka: std::sync::Weak<Kafka>, stop: Arc<AtomicBool>) {
                 kafka.renew_if_unusable(false);
                 // Up only when every event topic answers: one journal feeds them
                 // in order, so a missing topic holds back the other's events too.
-                let missing: Vec<&str> = kafka
-                    .topics
-                    .iter()
-                    .filter(|topic| !kafka.answers_for(topic))
-                    .map(String::as_str)
-                    .collect();
-                let up = missing.is_empty();
+                // The first that does not answer settles it (a hung broker costs
+                // one probe's timeout, not one per topic).
+                let missing = kafka.topics.iter().find(|topic| !kafka.answers_for(topic));
+                let up = missing.is_none();
                 kafka.health.store(if up { 1 } else { 2 }, Ordering::Relaxed);
                 kafka.metrics.kafka_broker_up.set(if up { 1.0 } else { 0.0 });
                 kafka.metrics.kafka_queue_messages.set(kafka.in_flight() as f64);
@@ -531,7 +528,7 @@ fn spawn_monitor(kafka: std::sync::Weak<Kafka>, stop: Arc<AtomicBool>) {
                     } else {
                         warn!(
                             message = "Kafka topic not reachable (broker down or topic missing); new events wait in the spool.",
-                            topics = ?missing,
+                            topic = missing.map_or("", String::as_str),
                             bootstrap = %kafka.bootstrap
                         );
                     }

@@ -672,3 +672,43 @@ async fn a_thousand_actions_survive_a_broker_outage_in_the_middle() {
         assert_eq!(event.field("verified"), true);
     }
 }
+
+/// One journal feeds both topics in order, so the edge counts Kafka as up only
+/// when both exist: a missing actions topic is named in the log, clicks wait in
+/// the spool (and are served), and once the topic is created everything is
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_actions_topic_is_named_and_holds_events_in_the_spool_until_created() {
+    let Some(tansu) = require_tansu() else {
+        return;
+    };
+    let broker = start_broker(&tansu);
+    create_topic(&broker.address, "clicks", 1).await;
+    let (edge, http) = Running::serve(&["--kafka-brokers", &broker.address]);
+    let said = edge.wait_for("Kafka topic not reachable");
+    assert!(said.contains("topic=\"actions\""), "{said}");
+    let mut served = Vec::new();
+    for _ in 0..20 {
+        let r = request(
+            http,
+            "GET",
+            "acme.sjv.io",
+            "/c/1/5678/9012",
+            &[("user-agent", BROWSER_UA)],
+        )
+        .await;
+        assert_eq!(r.status, 302);
+        served.push(r.click_id("clickid"));
+    }
+    create_topic(&broker.address, "actions", 1).await;
+    edge.wait_for("Kafka topic reachable");
+    let bootstrap = broker.address.clone();
+    let events = tokio::task::spawn_blocking(move || {
+        consume_blocking(&bootstrap, "clicks", 20, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    let (missing, _) = missing_and_duplicates(&served, &events);
+    assert!(missing.is_empty(), "{} clicks not delivered", missing.len());
+    assert_eq!(edge.terminate(), 0);
+}
