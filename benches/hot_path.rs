@@ -117,6 +117,10 @@ fn hot_path(c: &mut Criterion) {
                 bot: false,
                 scheme: "http",
                 node: "edge-1",
+                rule: None,
+                variant: None,
+                country: None,
+                test: false,
             };
             black_box(event.to_json())
         })

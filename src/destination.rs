@@ -139,6 +139,8 @@ pub struct IncomingQuery<'a> {
     pub shared_id: Option<Cow<'a, str>>,
     /// The decoded `u=` deep link, not yet checked.
     pub deeplink: Option<Cow<'a, str>>,
+    /// `ce_test=1`: a test click (SPEC §9), never forwarded.
+    pub test: bool,
 }
 
 impl<'a> IncomingQuery<'a> {
@@ -162,6 +164,9 @@ impl<'a> IncomingQuery<'a> {
                 &mut parsed.shared_id
             } else if name.eq_ignore_ascii_case("u") {
                 &mut parsed.deeplink
+            } else if name.eq_ignore_ascii_case("ce_test") {
+                parsed.test |= raw_value == "1";
+                continue;
             } else {
                 parsed.forwarded.push((name, segment));
                 continue;

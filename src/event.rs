@@ -49,6 +49,12 @@ pub struct ClickEvent<'a> {
     pub bot: bool,
     pub scheme: &'a str,
     pub node: &'a str,
+    /// SPEC §9: the rule that gave the destination, the split's variant (by
+    /// index), the client's country (ISO 3166-1 alpha-2), a test click.
+    pub rule: Option<u32>,
+    pub variant: Option<u32>,
+    pub country: Option<&'a str>,
+    pub test: bool,
 }
 
 impl ClickEvent<'_> {
@@ -106,6 +112,11 @@ impl ClickEvent<'_> {
         out.boolean(self.bot);
         out.field("scheme", self.scheme);
         out.field("node", self.node);
+        out.optional_number("rule", self.rule);
+        out.optional_number("variant", self.variant);
+        out.optional_field("country", self.country);
+        out.raw(b",\"test\":");
+        out.boolean(self.test);
         out.raw(b"}");
     }
 }
@@ -133,6 +144,14 @@ impl Json<'_> {
     fn optional_field(&mut self, name: &str, value: Option<&str>) {
         self.key(name);
         self.optional_string(value);
+    }
+
+    fn optional_number(&mut self, name: &str, value: Option<u32>) {
+        self.key(name);
+        match value {
+            Some(n) => self.number(u64::from(n)),
+            None => self.raw(b"null"),
+        }
     }
 
     fn optional_string(&mut self, value: Option<&str>) {
@@ -305,6 +324,10 @@ mod tests {
             bot: false,
             scheme: "http",
             node: "edge-1",
+            rule: Some(2),
+            variant: None,
+            country: Some("DE"),
+            test: true,
         };
         assert_eq!(event.to_json(), serde_json::to_vec(&event).unwrap());
         let value: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
@@ -345,6 +368,10 @@ mod tests {
             "bot",
             "scheme",
             "node",
+            "rule",
+            "variant",
+            "country",
+            "test",
         ];
         let mut sorted_expected = expected.to_vec();
         sorted_expected.sort();
@@ -382,6 +409,10 @@ mod tests {
             bot: true,
             scheme: "https",
             node: text,
+            rule: optional.map(|o| o.len() as u32),
+            variant: Some(text.len() as u32),
+            country: optional,
+            test: optional.is_some(),
         }
     }
 

@@ -5,6 +5,7 @@ mod map;
 mod parse;
 mod record;
 mod resolve;
+pub mod rules;
 mod snapshot;
 mod store;
 

@@ -58,7 +58,7 @@ impl LoadCache {
         shared
     }
 
-    fn destination(&mut self, url: &str) -> Result<Destination, RecordError> {
+    pub(super) fn destination(&mut self, url: &str) -> Result<Destination, RecordError> {
         use std::hash::BuildHasher;
         let hash = self.hasher.hash_one(url);
         if let Some(shared) = self.destinations.get(&hash) {
@@ -141,6 +141,9 @@ struct RawFields<'a> {
     origins: Option<&'a RawValue>,
     click_window_days: Option<&'a RawValue>,
     code: Option<&'a RawValue>,
+    rules: Option<&'a RawValue>,
+    split: Option<&'a RawValue>,
+    test: Option<&'a RawValue>,
 }
 
 impl<'a> RawFields<'a> {
@@ -169,6 +172,9 @@ impl<'a> RawFields<'a> {
             "origins" => &mut self.origins,
             "click_window_days" => &mut self.click_window_days,
             "code" => &mut self.code,
+            "rules" => &mut self.rules,
+            "split" => &mut self.split,
+            "test" => &mut self.test,
             _ => return None,
         })
     }
@@ -226,6 +232,9 @@ struct Fields<'a> {
     origins: Option<Vec<Cow<'a, str>>>,
     click_window_days: Option<u64>,
     code: Option<Cow<'a, str>>,
+    rules: Option<Value>,
+    split: Option<Value>,
+    test: Option<bool>,
 }
 
 /// A JSON string, borrowed from the line unless it has escapes. `text` is one
@@ -297,6 +306,13 @@ impl<'a> Fields<'a> {
             ),
             Some(_) => return Err(invalid("field `app` must be an object")),
         };
+        // Nested JSON, read as a value (the few records with rules or splits).
+        let json_value = |raw: Option<&'a RawValue>, reason: &str| match given(raw) {
+            None => Ok(None),
+            Some(text) => serde_json::from_str::<Value>(text)
+                .map(Some)
+                .map_err(|_| invalid(reason)),
+        };
         let forward_query = match given(raw.forward_query) {
             None => None,
             Some("true") => Some(true),
@@ -355,6 +371,14 @@ impl<'a> Fields<'a> {
                 })?),
             },
             code: string(raw.code, &must_be_string("code"))?,
+            rules: json_value(raw.rules, "field `rules` must be valid JSON")?,
+            split: json_value(raw.split, "field `split` must be valid JSON")?,
+            test: match given(raw.test) {
+                None => None,
+                Some("true") => Some(true),
+                Some("false") => Some(false),
+                Some(_) => return Err(invalid("field `test` must be true or false")),
+            },
         })
     }
 }
@@ -502,16 +526,42 @@ fn validate(fields: Fields<'_>, cache: &mut LoadCache) -> Result<Record, RecordE
         }
     }
     let app = fields.app.as_ref().map(AppLink::from_value).transpose()?;
+    let (rules, split) = match kind {
+        LinkKind::Fallback if fields.rules.is_some() || fields.split.is_some() => {
+            return Err(invalid(
+                "a fallback record has no `rules` or `split` (they apply to tracking, vanity and domain records)",
+            ))
+        }
+        _ => (
+            fields
+                .rules
+                .as_ref()
+                .map(|rules| super::rules::parse_rules(rules, cache))
+                .transpose()?
+                .unwrap_or_default(),
+            fields
+                .split
+                .as_ref()
+                .map(|split| super::rules::parse_split(split, cache))
+                .transpose()?,
+        ),
+    };
     let extras = LinkExtras {
         app,
         click_id_param,
         valid_from_ms,
         valid_until_ms,
+        rules,
+        split,
+        test: fields.test.unwrap_or(false),
     };
     let has_extras = extras.app.is_some()
         || extras.click_id_param.is_some()
         || extras.valid_from_ms.is_some()
-        || extras.valid_until_ms.is_some();
+        || extras.valid_until_ms.is_some()
+        || !extras.rules.is_empty()
+        || extras.split.is_some()
+        || extras.test;
 
     Ok(Record::Link(Arc::new(Link {
         kind,

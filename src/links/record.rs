@@ -153,6 +153,12 @@ pub(super) struct LinkExtras {
     /// Validity window in Unix milliseconds, inclusive start, exclusive end.
     pub(super) valid_from_ms: Option<i64>,
     pub(super) valid_until_ms: Option<i64>,
+    /// Ordered: the first that holds gives the destination (SPEC §9).
+    pub(super) rules: Box<[super::rules::Rule]>,
+    /// When no rule holds: a variant by weight.
+    pub(super) split: Option<super::rules::Split>,
+    /// Every click on it is a test click (never paid).
+    pub(super) test: bool,
 }
 
 /// A link's ids and slug in one string, `campaign/ad/partner/slug`, an absent
@@ -270,6 +276,19 @@ impl Link {
         self.extras.as_ref().and_then(|e| e.valid_until_ms)
     }
 
+    pub fn rules(&self) -> &[super::rules::Rule] {
+        self.extras.as_ref().map_or(&[], |e| &e.rules)
+    }
+
+    pub fn split(&self) -> Option<&super::rules::Split> {
+        self.extras.as_ref().and_then(|e| e.split.as_ref())
+    }
+
+    /// A record of test clicks: `"test": true`.
+    pub fn is_test(&self) -> bool {
+        self.extras.as_ref().is_some_and(|e| e.test)
+    }
+
     /// Writes the `Location` of a click on this record into `out`: the `u=` deep
     /// link if its host is allowed, else the record's `url`, with the incoming query
     /// merged and `{param}={click_id}` set (`param`: the record's, else
@@ -282,13 +301,26 @@ impl Link {
         click_id: &str,
         out: &mut String,
     ) -> Option<&'static str> {
+        self.write_location_from(&self.destination, query, default_param, click_id, out)
+    }
+
+    /// [`Link::write_location`] from `base` (a rule's or a variant's URL)
+    /// instead of the record's `url`: deep links, query and click id as §2.
+    pub fn write_location_from(
+        &self,
+        base: &Destination,
+        query: &crate::destination::IncomingQuery<'_>,
+        default_param: &str,
+        click_id: &str,
+        out: &mut String,
+    ) -> Option<&'static str> {
         let deeplink = query
             .deeplink
             .as_deref()
             .map(|u| crate::destination::accept_deeplink(u, self.deeplink_hosts()));
         let destination = match &deeplink {
             Some(Some(accepted)) => accepted,
-            _ => &self.destination,
+            _ => base,
         };
         let param = self.click_id_param().unwrap_or(default_param);
         destination.write_location(query, self.forward_query, Some((param, click_id)), out);

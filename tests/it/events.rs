@@ -83,6 +83,10 @@ async fn a_tracking_click_event_matches_its_request_field_by_field() {
         "bot": false,
         "scheme": "http",
         "node": "edge-test",
+        "rule": null,
+        "variant": null,
+        "country": null,
+        "test": false,
     });
     assert_eq!(event.value, expected);
 }

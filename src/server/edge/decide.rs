@@ -14,6 +14,7 @@ use http::Method;
 
 use crate::click_id::ClickId;
 use crate::destination::IncomingQuery;
+use crate::links::rules::{first_match, primary_language, Visit};
 use crate::links::{resolve, AppLink, AppSiteFile, Link, LinkKind, LinkMap, Route};
 use crate::metrics::{Outcome, RequestType};
 use crate::useragent::{Classifier, Client, Os};
@@ -28,6 +29,11 @@ pub struct Facts<'r> {
     pub path: &'r str,
     pub query: Option<&'r str>,
     pub user_agent: Option<Cow<'r, str>>,
+    /// For rules (the primary language) and the event.
+    pub accept_language: Option<Cow<'r, str>>,
+    /// The client's country (ISO 3166-1 alpha-2) from `--geoip-db`; `None`
+    /// without a database or for an address it does not know.
+    pub country: Option<[u8; 2]>,
     pub visitor: VisitorFact,
     pub now: SystemTime,
 }
@@ -91,6 +97,12 @@ pub struct ClickAnswer<'m, 'r> {
     pub way: Way<'m>,
     /// A GET: the click is recorded. A HEAD gets the same answer and no event.
     pub recorded: bool,
+    /// The index of the rule that gave the destination (SPEC §9).
+    pub rule: Option<usize>,
+    /// The split's variant, when no rule held.
+    pub variant: Option<usize>,
+    /// A test click: `ce_test=1` or a `"test": true` record.
+    pub test: bool,
 }
 
 /// How a click is answered.
@@ -200,14 +212,38 @@ where
         VisitorFact::Unknown => (Some(new_id()), true),
     };
     let query = IncomingQuery::parse(facts.query);
+    let client = classifier.classify(facts.user_agent.as_deref());
+    // SPEC §9: the first rule that holds, else the split's variant for this
+    // visitor (or click), else the record's own URL.
+    let rules = link.rules();
+    let rule = (!rules.is_empty())
+        .then(|| {
+            let visit = Visit {
+                device: client.device,
+                os: client.os,
+                country: facts.country,
+                language: facts.accept_language.as_deref().and_then(primary_language),
+                query: facts.query,
+            };
+            first_match(rules, &visit)
+        })
+        .flatten();
+    let split = link.split().filter(|_| rule.is_none());
+    let variant = split.map(|split| split.pick(visitor.as_ref().unwrap_or(&click_id).as_str()));
+    let base = match (rule, split.zip(variant)) {
+        (Some(i), _) => &rules[i].destination,
+        (None, Some((split, i))) => &split.variants[i].destination,
+        (None, None) => &link.destination,
+    };
     let mut location = String::with_capacity(256);
-    let deeplink = link.write_location(
+    let deeplink = link.write_location_from(
+        base,
         &query,
         settings.click_id_param,
         click_id.as_str(),
         &mut location,
     );
-    let client = classifier.classify(facts.user_agent.as_deref());
+    let test = link.is_test() || query.test;
 
     // A person on a phone, for a record with an app: the app's way instead.
     let app = link
@@ -238,6 +274,9 @@ where
         // HEADs come from link previews with browser agents: no event, or they
         // would count as clicks.
         recorded: facts.method == Method::GET,
+        rule,
+        variant,
+        test,
     })
 }
 
@@ -282,6 +321,8 @@ mod tests {
         host: Option<&'a str>,
         target: &'a str,
         user_agent: Option<&'a str>,
+        accept_language: Option<&'a str>,
+        country: Option<[u8; 2]>,
         visitor: VisitorFact,
     }
 
@@ -291,6 +332,8 @@ mod tests {
             host: Some(host),
             target,
             user_agent: Some(DESKTOP),
+            accept_language: None,
+            country: None,
             visitor: VisitorFact::Unknown,
         }
     }
@@ -331,6 +374,8 @@ mod tests {
             path,
             query,
             user_agent: ask.user_agent.map(Cow::Borrowed),
+            accept_language: ask.accept_language.map(Cow::Borrowed),
+            country: ask.country,
             visitor: ask.visitor,
             now: UNIX_EPOCH + std::time::Duration::from_millis(1_800_000_000_000),
         };
@@ -666,6 +711,8 @@ mod tests {
                 path: ask.target,
                 query: None,
                 user_agent: ask.user_agent.map(Cow::Borrowed),
+                accept_language: None,
+                country: None,
                 visitor: ask.visitor,
                 now: SystemTime::now(),
             };
@@ -733,5 +780,155 @@ mod tests {
         for (ask, want) in table {
             assert_eq!(decided(&ask), want, "{:?} {}", ask.user_agent, ask.target);
         }
+    }
+
+    const RULES: &str = r#"
+{"type":"tracking","host":"acme.sjv.io","campaign_id":"1","ad_id":"1","url":"https://www.acme.com/default","deeplink_hosts":["www.acme.com"],"rules":[{"if":{"os":"ios"},"url":"https://apps.apple.com/app/id1"},{"if":{"country":"DE","language":["de"]},"url":"https://www.acme.com/de?x=1"},{"if":{"query":{"subId1":"vip"}},"url":"https://www.acme.com/vip"}],"split":[{"url":"https://www.acme.com/a","weight":70},{"url":"https://www.acme.com/b","weight":30}]}
+{"type":"tracking","host":"acme.sjv.io","campaign_id":"2","ad_id":"2","url":"https://www.acme.com/plain","test":true}
+"#;
+
+    /// (rule, variant, the location without its click id, test) of a click.
+    fn ruled(ask: &Ask<'_>) -> (Option<usize>, Option<usize>, String, bool) {
+        let map = load_str(RULES, "test", true).unwrap().map;
+        let (path, query) = match ask.target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (ask.target, None),
+        };
+        let facts = Facts {
+            method: &ask.method,
+            host: ask.host.map(Cow::Borrowed),
+            path,
+            query,
+            user_agent: ask.user_agent.map(Cow::Borrowed),
+            accept_language: ask.accept_language.map(Cow::Borrowed),
+            country: ask.country,
+            visitor: ask.visitor,
+            now: SystemTime::now(),
+        };
+        let mut ids = [CLICK, NEW_VISITOR].into_iter();
+        let settings = Settings {
+            click_id_param: "clickid",
+        };
+        let new_id = || ClickId::parse(ids.next().expect("two ids at most")).unwrap();
+        let Answer::Click(click) = decide(&facts, &map, settings, &Classifier::new(), new_id)
+        else {
+            panic!("not a click: {}", ask.target);
+        };
+        let location = click
+            .location
+            .replace(&format!("clickid={CLICK}"), "clickid=…");
+        (click.rule, click.variant, location, click.test)
+    }
+
+    #[test]
+    fn rules_then_split_then_the_records_url_and_deep_links_still_win() {
+        let german = Ask {
+            accept_language: Some("de-DE,de;q=0.9"),
+            country: Some(*b"DE"),
+            ..get("acme.sjv.io", "/c/9/1/1")
+        };
+        // (rule, variant, location) for each request.
+        type Want<'w> = (Option<usize>, Option<usize>, &'w str);
+        let table: Vec<(Ask<'_>, Want<'_>)> = vec![
+            (
+                Ask {
+                    user_agent: Some(IPHONE),
+                    ..get("acme.sjv.io", "/c/9/1/1")
+                },
+                (Some(0), None, "https://apps.apple.com/app/id1?clickid=…"),
+            ),
+            (
+                german,
+                (Some(1), None, "https://www.acme.com/de?x=1&clickid=…"),
+            ),
+            // Country without the language, or no country at all (no database).
+            (
+                Ask {
+                    country: Some(*b"DE"),
+                    ..get("acme.sjv.io", "/c/9/1/1")
+                },
+                (None, Some(0), "https://www.acme.com/a?clickid=…"),
+            ),
+            (
+                Ask {
+                    accept_language: Some("de"),
+                    ..get("acme.sjv.io", "/c/9/1/1")
+                },
+                (None, Some(0), "https://www.acme.com/a?clickid=…"),
+            ),
+            // The query condition sees a tracking parameter before it is consumed.
+            (
+                get("acme.sjv.io", "/c/9/1/1?subId1=vip"),
+                (Some(2), None, "https://www.acme.com/vip?clickid=…"),
+            ),
+            // An allowed deep link still wins over the rule's URL (§2's building).
+            (
+                Ask {
+                    user_agent: Some(ANDROID),
+                    ..get(
+                        "acme.sjv.io",
+                        "/c/9/1/1?subId1=vip&u=https%3A%2F%2Fwww.acme.com%2Fshoes",
+                    )
+                },
+                (Some(2), None, "https://www.acme.com/shoes?clickid=…"),
+            ),
+        ];
+        for (ask, (rule, variant, location)) in table {
+            let (got_rule, got_variant, got_location, _) = ruled(&ask);
+            assert_eq!(
+                (got_rule, got_variant, got_location.as_str()),
+                (rule, variant, location),
+                "{}",
+                ask.target
+            );
+        }
+    }
+
+    #[test]
+    fn a_visitor_keeps_a_variant_and_without_one_the_click_id_picks() {
+        let known = ClickId::parse("01HZY8X6Q6A1B2C3D4E5F6G7HB").unwrap();
+        let as_known = Ask {
+            visitor: VisitorFact::Known(known),
+            ..get("acme.sjv.io", "/c/9/1/1")
+        };
+        let (_, variant, _, _) = ruled(&as_known);
+        let split_pick = |id: &str| {
+            let map = load_str(RULES, "test", true).unwrap().map;
+            let (link, _) = match resolve(&map, "acme.sjv.io", "/c/9/1/1", 0) {
+                Route::Redirect { link, partner_id } => (link, partner_id),
+                _ => unreachable!(),
+            };
+            link.split().unwrap().pick(id)
+        };
+        assert_eq!(
+            variant,
+            Some(split_pick(known.as_str())),
+            "the visitor's id picks"
+        );
+        for _ in 0..3 {
+            assert_eq!(ruled(&as_known).1, variant, "and keeps picking the same");
+        }
+        let new = ruled(&get("acme.sjv.io", "/c/9/1/1")).1;
+        assert_eq!(new, Some(split_pick(NEW_VISITOR)), "a new visitor's new id");
+        let untracked = Ask {
+            visitor: VisitorFact::NotTracked,
+            ..get("acme.sjv.io", "/c/9/1/1")
+        };
+        assert_eq!(
+            ruled(&untracked).1,
+            Some(split_pick(CLICK)),
+            "no visitor: the click id"
+        );
+    }
+
+    #[test]
+    fn test_clicks_come_from_the_query_or_the_record_and_ce_test_is_consumed() {
+        let (_, _, location, test) = ruled(&get("acme.sjv.io", "/c/9/2/2?ce_test=1&keep=1"));
+        assert!(test);
+        assert_eq!(location, "https://www.acme.com/plain?keep=1&clickid=…");
+        assert!(ruled(&get("acme.sjv.io", "/c/9/2/2")).3, "a test record");
+        let (_, _, location, test) = ruled(&get("acme.sjv.io", "/c/9/1/1?ce_test=0&subId1=vip"));
+        assert!(!test, "only ce_test=1");
+        assert!(!location.contains("ce_test"), "{location}");
     }
 }

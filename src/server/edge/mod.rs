@@ -102,6 +102,8 @@ fn parse<'r, B>(settings: &EdgeSettings, request: &'r Request<B>) -> Facts<'r> {
         path: request.uri().path(),
         query: request.uri().query(),
         user_agent: header_text(request, &USER_AGENT),
+        accept_language: header_text(request, &ACCEPT_LANGUAGE),
+        country: None,
         visitor,
         now: SystemTime::now(),
     }
@@ -195,7 +197,6 @@ fn emit<B>(
     let click_id = click.click_id.as_str();
     let visitor = click.visitor.as_ref().map(ClickId::as_str);
     let referer = header_text(request, &REFERER);
-    let accept_language = header_text(request, &ACCEPT_LANGUAGE);
     let link = click.link;
     let query = &click.query;
     let is_fallback = link.kind == LinkKind::Fallback;
@@ -225,12 +226,19 @@ fn emit<B>(
         ip: client.ip,
         user_agent: facts.user_agent.as_deref(),
         referer: referer.as_deref(),
-        accept_language: accept_language.as_deref(),
+        accept_language: facts.accept_language.as_deref(),
         device: click.client.device.as_str(),
         os: click.client.os.as_str(),
         bot: click.client.bot,
         scheme: if client.https { "https" } else { "http" },
         node: &settings.node_id,
+        rule: click.rule.map(|i| i as u32),
+        variant: click.variant.map(|i| i as u32),
+        country: facts
+            .country
+            .as_ref()
+            .and_then(|c| std::str::from_utf8(c).ok()),
+        test: click.test,
     };
     // One visitor's clicks share a key, so they stay ordered on one partition.
     let key = visitor.unwrap_or(click_id);
