@@ -163,6 +163,12 @@ pub struct RunArgs {
     #[arg(long, env = "CLICKEDGE_CHECK", value_parser = BoolishValueParser::new())]
     pub check: bool,
 
+    /// A MaxMind DB (GeoLite2-Country or any database with country.iso_code):
+    /// the client's country for link rules and click events. Reloaded with the
+    /// links (SIGHUP, POST /admin/reload).
+    #[arg(long, env = "CLICKEDGE_GEOIP_DB", value_name = "FILE")]
+    pub geoip_db: Option<PathBuf>,
+
     /// A compacted Kafka topic of link records applied live on top of the file
     /// (key: the record key as text; value: the NDJSON record; empty: delete).
     #[arg(long, env = "CLICKEDGE_LINKS_TOPIC", value_name = "TOPIC")]
@@ -295,6 +301,8 @@ pub struct Config {
     pub links: LinksSource,
     pub strict: bool,
     pub check: bool,
+    /// `--geoip-db`: opened at start, reloaded with the links.
+    pub geoip_db: Option<PathBuf>,
     pub kafka: KafkaSettings,
     pub spool: SpoolSettings,
     /// Empty tokens are refused: a token nobody can guess must be chosen.
@@ -483,6 +491,7 @@ impl Config {
             https,
             admin,
             links: args.links.map_or(LinksSource::Sample, LinksSource::File),
+            geoip_db: args.geoip_db,
             strict: args.strict,
             check: args.check,
             kafka: KafkaSettings {

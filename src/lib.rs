@@ -34,6 +34,7 @@ pub mod config;
 pub mod consume;
 pub mod destination;
 pub mod event;
+pub mod geoip;
 pub mod host;
 mod json;
 pub mod links;

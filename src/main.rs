@@ -95,6 +95,11 @@ fn main() -> ExitCode {
             eprintln!("clickedge: {error:#}");
             if error.downcast_ref::<LoadError>().is_some() {
                 ExitCode::from(EXIT_LINKS)
+            } else if error
+                .downcast_ref::<clickedge::geoip::GeoIpError>()
+                .is_some()
+            {
+                ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE
             }
@@ -102,8 +107,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--check`: the configuration parsed; now the certificates (when TLS is on) and
-/// the links file, every bad line named.
+/// `--check`: the configuration parsed; now the certificates (when TLS is on),
+/// the GeoIP database (with `--geoip-db`) and the links file, every bad line
+/// named.
 fn check(config: &Config) -> ExitCode {
     if let Some((_, dir)) = &config.https {
         match clickedge::tls::CertStore::load(dir) {
@@ -123,6 +129,20 @@ fn check(config: &Config) -> ExitCode {
                     "clickedge: cannot read --tls-certs {}: {error}",
                     dir.display()
                 );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    if let Some(path) = &config.geoip_db {
+        match clickedge::geoip::GeoIp::open(path) {
+            Ok(geoip) => println!(
+                "{}: OK, {} built at {} (Unix seconds)",
+                path.display(),
+                geoip.database,
+                geoip.build_epoch
+            ),
+            Err(error) => {
+                eprintln!("clickedge: {error}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         }

@@ -47,6 +47,7 @@ pub const BUILD_INFO: &str = "clickedge_build_info";
 /// end with the broker answering. Only with `--links-topic`.
 pub const LINKS_TOPIC_LAG_SECONDS: &str = "clickedge_links_topic_lag_seconds";
 pub const TLS_CERTIFICATES: &str = "clickedge_tls_certificates";
+pub const GEOIP_INFO: &str = "clickedge_geoip_info";
 pub const TLS_RELOADS_TOTAL: &str = "clickedge_tls_reloads_total";
 /// Rendered by the certificate store itself (one series per loaded certificate).
 pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
@@ -77,6 +78,7 @@ const HELP: &[(&str, &str)] = &[
     (BUILD_INFO, "Always 1; the version of the running build as a label."),
     (LINKS_TOPIC_LAG_SECONDS, "Seconds since the links topic was last known read to its end with the broker answering (0 while it is); since start when never."),
     (TLS_CERTIFICATES, "Certificates loaded for the HTTPS listener."),
+    (GEOIP_INFO, "1 for the GeoIP database in service (--geoip-db), by its type and build time (Unix seconds); 0 for one a reload replaced."),
     (TLS_RELOADS_TOTAL, "Loads of the certificate directory, by result; a failed one keeps the previous set."),
     (TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, "When each loaded certificate expires (Unix time), by the name it was loaded under."),
 ];
@@ -343,6 +345,8 @@ pub struct Metrics {
     tls_reloads_error: Counter,
     /// Registered on first use, so an edge without `--links-topic` has none.
     links_topic_lag: OnceLock<Gauge>,
+    /// The GeoIP database in service's info gauge (its labels change with it).
+    geoip_info: std::sync::Mutex<Option<Gauge>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -419,6 +423,7 @@ impl Metrics {
             tls_reloads_success: counter(TLS_RELOADS_TOTAL, &[("result", "success")]),
             tls_reloads_error: counter(TLS_RELOADS_TOTAL, &[("result", "error")]),
             links_topic_lag: OnceLock::new(),
+            geoip_info: std::sync::Mutex::new(None),
             handle,
             recorder,
         };
@@ -535,6 +540,23 @@ impl Metrics {
                     .register_gauge(&Key::from_static_name(LINKS_TOPIC_LAG_SECONDS), &metadata())
             })
             .set(seconds);
+    }
+
+    /// A GeoIP database went into service: its info gauge 1, the previous 0.
+    pub fn geoip_loaded(&self, database: &str, build_epoch: u64) {
+        let key = Key::from_parts(
+            GEOIP_INFO,
+            vec![
+                Label::new("database", database.to_owned()),
+                Label::new("build_epoch", build_epoch.to_string()),
+            ],
+        );
+        let gauge = self.recorder.register_gauge(&key, &metadata());
+        let mut current = self.geoip_info.lock().expect("geoip gauge lock");
+        if let Some(previous) = current.replace(gauge.clone()) {
+            previous.set(0.0);
+        }
+        gauge.set(1.0);
     }
 
     /// The Prometheus text exposition.

@@ -79,6 +79,7 @@ use tracing::{info, warn};
 
 use self::connection::serve_admin_until;
 use crate::config::Config;
+use crate::geoip::GeoIp;
 use crate::links::{LinkStore, LinksSource, Loaded, TopicSnapshot};
 use crate::metrics::Metrics;
 use crate::sink::{EventSink, Topic};
@@ -116,6 +117,8 @@ pub struct EdgeSettings {
     pub visitor_cookie: bool,
     /// `/v1/tag.js`, built once with `--click-id-param` in it.
     pub tag: edge::actions::TagScript,
+    /// `--geoip-db`, replaced whole on a reload; `None` without the flag.
+    pub geoip: arc_swap::ArcSwapOption<GeoIp>,
 }
 
 /// A connection, from admission to its requests.
@@ -134,6 +137,8 @@ pub struct ConnectionSettings {
 pub struct Control {
     /// Where reloads read from, and whether they are strict.
     pub links_source: LinksSource,
+    /// `--geoip-db`, read again with every links reload.
+    pub geoip_path: Option<std::path::PathBuf>,
     pub strict: bool,
     /// One reload at a time (SIGHUP and the API may race); requests never take it.
     pub reload_lock: Mutex<()>,
@@ -205,6 +210,15 @@ impl Server {
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         let metrics = Metrics::new();
         let loaded = load_links(&config, &metrics)?;
+        let geoip = match &config.geoip_db {
+            None => None,
+            Some(path) => {
+                let geoip = GeoIp::open(path)?;
+                info!(message = "GeoIP database loaded.", path = %path.display(), database = %geoip.database, build_epoch = geoip.build_epoch);
+                metrics.geoip_loaded(&geoip.database, geoip.build_epoch);
+                Some(Arc::new(geoip))
+            }
+        };
 
         let (kafka, spool) = (config.kafka.clone(), config.spool.clone());
         let sink_metrics = metrics.clone();
@@ -258,6 +272,7 @@ impl Server {
                 tag: edge::actions::TagScript::new(&config.click_id_param),
                 click_id_param: config.click_id_param.into(),
                 visitor_cookie: config.visitor_cookie,
+                geoip: arc_swap::ArcSwapOption::new(geoip),
             },
             connection: ConnectionSettings {
                 trusted_proxies: config.trusted_proxies,
@@ -271,6 +286,7 @@ impl Server {
             },
             control: Control {
                 links_source: config.links.clone(),
+                geoip_path: config.geoip_db.clone(),
                 strict: config.strict,
                 reload_lock: Mutex::new(()),
                 links_ready: AtomicBool::new(links_topic.is_none()),

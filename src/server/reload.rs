@@ -19,10 +19,14 @@ pub struct ReloadReport {
 #[derive(Debug)]
 pub struct ReloadError(pub LoadError);
 
-/// Loads the links file again and swaps it in. Blocking: call it off the runtime.
+/// Loads the links file (and the GeoIP database, with `--geoip-db`) again and
+/// swaps it in. Blocking: call it off the runtime.
 pub fn reload_links(state: &AppState) -> Result<ReloadReport, ReloadError> {
     // One reload at a time; requests never take this lock.
     let _reloading = state.control.reload_lock.lock().expect("reload lock");
+    if let Some(path) = &state.control.geoip_path {
+        reload_geoip(state, path);
+    }
     let loaded = crate::background::run_at_low_priority("links-reload", || {
         state.control.links_source.load(state.control.strict)
     });
@@ -50,6 +54,23 @@ pub fn reload_links(state: &AppState) -> Result<ReloadReport, ReloadError> {
                 error = %load_error
             );
             Err(ReloadError(load_error))
+        }
+    }
+}
+
+/// Reads the GeoIP database again and swaps it in; a file that cannot be read
+/// leaves the loaded one in service (links reload regardless).
+fn reload_geoip(state: &AppState, path: &std::path::Path) {
+    match crate::geoip::GeoIp::open(path) {
+        Ok(geoip) => {
+            state
+                .metrics
+                .geoip_loaded(&geoip.database, geoip.build_epoch);
+            info!(message = "GeoIP database reloaded.", path = %path.display(), database = %geoip.database, build_epoch = geoip.build_epoch);
+            state.edge.geoip.store(Some(std::sync::Arc::new(geoip)));
+        }
+        Err(error) => {
+            error!(message = "GeoIP reload failed; the loaded database stays in service.", %error);
         }
     }
 }

@@ -16,6 +16,7 @@ mod mobile;
 mod ops;
 mod properties;
 mod redirect;
+mod rules;
 mod support;
 mod tansu;
 mod tls;

@@ -48,7 +48,22 @@ pub fn handle<B>(
     secure: bool,
 ) -> Response<Body> {
     let started = Instant::now();
-    let facts = parse(&state.edge, request);
+    // The client's address and scheme, behind trusted proxies: for the country
+    // (rules, the event), the cookie's `Secure` and the event.
+    let client = super::client_ip::client(
+        peer.ip(),
+        secure,
+        request.headers(),
+        &state.connection.trusted_proxies,
+        state.connection.client_ip_header,
+    );
+    let mut facts = parse(&state.edge, request);
+    facts.country = state
+        .edge
+        .geoip
+        .load()
+        .as_ref()
+        .and_then(|geoip| geoip.country(client.ip));
     let map = state.links.load();
     let now = facts.now;
     let answer = decide(
@@ -62,15 +77,6 @@ pub fn handle<B>(
     );
     let response = match &answer {
         Answer::Click(click) => {
-            // The client's address and scheme, behind trusted proxies: only a
-            // click needs them (the cookie's `Secure`, the event).
-            let client = super::client_ip::client(
-                peer.ip(),
-                secure,
-                request.headers(),
-                &state.connection.trusted_proxies,
-                state.connection.client_ip_header,
-            );
             let response = render_click(click, &client);
             if click.recorded {
                 emit(&state.edge, &*state.sink, request, &facts, click, &client);
@@ -341,6 +347,7 @@ mod tests {
             click_id_param: "clickid".into(),
             visitor_cookie,
             tag: actions::TagScript::new("clickid"),
+            geoip: arc_swap::ArcSwapOption::empty(),
         };
         let map = load_str(LINKS, "test", true).unwrap().map;
         let facts = parse(&settings, &request);
