@@ -232,10 +232,12 @@ pub enum Outcome {
     Pixel,
     /// `/v1/tag.js`.
     Tag,
+    /// `/stat.js`, the STAT tag.
+    StatScript,
 }
 
 impl Outcome {
-    const COUNT: usize = 12;
+    const COUNT: usize = 13;
 
     fn as_str(self) -> &'static str {
         match self {
@@ -251,6 +253,7 @@ impl Outcome {
             Outcome::Actions => "actions",
             Outcome::Pixel => "pixel",
             Outcome::Tag => "tag",
+            Outcome::StatScript => "stat_script",
         }
     }
 }

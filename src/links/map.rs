@@ -19,6 +19,9 @@ pub struct HostLinks {
     pub domain: Option<Arc<Link>>,
     pub fallback: Option<Arc<Link>>,
     pub app_site: Option<Arc<AppSite>>,
+    /// The tracking record with `"stat": true`, for `/stat.js` (one per host:
+    /// the latest such record has it).
+    pub stat: Option<Arc<Link>>,
 }
 
 fn ids(link: &Link) -> (&str, &str) {
@@ -39,6 +42,15 @@ impl HostLinks {
 
     /// Inserts or replaces a tracking link; returns whether it replaced one.
     fn put_tracking(&mut self, link: Arc<Link>) -> bool {
+        if link.is_stat() {
+            self.stat = Some(link.clone());
+        } else if self
+            .stat
+            .as_ref()
+            .is_some_and(|stat| ids(stat) == ids(&link))
+        {
+            self.stat = None;
+        }
         let hash = self.hasher.hash_one(ids(&link));
         let hasher = &self.hasher;
         match self.tracking.entry(
@@ -58,6 +70,13 @@ impl HostLinks {
     }
 
     fn remove_tracking(&mut self, campaign_id: &str, ad_id: &str) -> bool {
+        if self
+            .stat
+            .as_ref()
+            .is_some_and(|stat| ids(stat) == (campaign_id, ad_id))
+        {
+            self.stat = None;
+        }
         let hash = self.hasher.hash_one((campaign_id, ad_id));
         match self
             .tracking

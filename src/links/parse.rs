@@ -144,6 +144,7 @@ struct RawFields<'a> {
     rules: Option<&'a RawValue>,
     split: Option<&'a RawValue>,
     test: Option<&'a RawValue>,
+    stat: Option<&'a RawValue>,
 }
 
 impl<'a> RawFields<'a> {
@@ -175,6 +176,7 @@ impl<'a> RawFields<'a> {
             "rules" => &mut self.rules,
             "split" => &mut self.split,
             "test" => &mut self.test,
+            "stat" => &mut self.stat,
             _ => return None,
         })
     }
@@ -235,6 +237,7 @@ struct Fields<'a> {
     rules: Option<Value>,
     split: Option<Value>,
     test: Option<bool>,
+    stat: Option<bool>,
 }
 
 /// A JSON string, borrowed from the line unless it has escapes. `text` is one
@@ -313,12 +316,13 @@ impl<'a> Fields<'a> {
                 .map(Some)
                 .map_err(|_| invalid(reason)),
         };
-        let forward_query = match given(raw.forward_query) {
-            None => None,
-            Some("true") => Some(true),
-            Some("false") => Some(false),
-            Some(_) => return Err(invalid("field `forward_query` must be true or false")),
+        let boolean = |raw: Option<&'a RawValue>, field: &str| match given(raw) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(_) => Err(invalid(format!("field `{field}` must be true or false"))),
         };
+        let forward_query = boolean(raw.forward_query, "forward_query")?;
         let time = |raw, field: &str| {
             string(
                 raw,
@@ -373,12 +377,8 @@ impl<'a> Fields<'a> {
             code: string(raw.code, &must_be_string("code"))?,
             rules: json_value(raw.rules, "field `rules` must be valid JSON")?,
             split: json_value(raw.split, "field `split` must be valid JSON")?,
-            test: match given(raw.test) {
-                None => None,
-                Some("true") => Some(true),
-                Some("false") => Some(false),
-                Some(_) => return Err(invalid("field `test` must be true or false")),
-            },
+            test: boolean(raw.test, "test")?,
+            stat: boolean(raw.stat, "stat")?,
         })
     }
 }
@@ -546,6 +546,15 @@ fn validate(fields: Fields<'_>, cache: &mut LoadCache) -> Result<Record, RecordE
                 .transpose()?,
         ),
     };
+    let stat = fields.stat.unwrap_or(false);
+    if stat && kind != LinkKind::Tracking {
+        return Err(invalid("only a tracking record can carry `stat`"));
+    }
+    if stat && deeplink_hosts.is_none() {
+        return Err(invalid(
+            "a `stat` record needs `deeplink_hosts`: the brand's hosts whose links the STAT tag turns into tracking links",
+        ));
+    }
     let extras = LinkExtras {
         app,
         click_id_param,
@@ -554,6 +563,7 @@ fn validate(fields: Fields<'_>, cache: &mut LoadCache) -> Result<Record, RecordE
         rules,
         split,
         test: fields.test.unwrap_or(false),
+        stat,
     };
     let has_extras = extras.app.is_some()
         || extras.click_id_param.is_some()
@@ -561,7 +571,8 @@ fn validate(fields: Fields<'_>, cache: &mut LoadCache) -> Result<Record, RecordE
         || extras.valid_until_ms.is_some()
         || !extras.rules.is_empty()
         || extras.split.is_some()
-        || extras.test;
+        || extras.test
+        || extras.stat;
 
     Ok(Record::Link(Arc::new(Link {
         kind,

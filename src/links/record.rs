@@ -159,6 +159,8 @@ pub(super) struct LinkExtras {
     pub(super) split: Option<super::rules::Split>,
     /// Every click on it is a test click (never paid).
     pub(super) test: bool,
+    /// Its host serves the STAT tag (`/stat.js`) for it (SPEC §9).
+    pub(super) stat: bool,
 }
 
 /// A link's ids and slug in one string, `campaign/ad/partner/slug`, an absent
@@ -287,6 +289,11 @@ impl Link {
     /// A record of test clicks: `"test": true`.
     pub fn is_test(&self) -> bool {
         self.extras.as_ref().is_some_and(|e| e.test)
+    }
+
+    /// The tracking record the host's STAT tag makes links for.
+    pub fn is_stat(&self) -> bool {
+        self.extras.as_ref().is_some_and(|e| e.stat)
     }
 
     /// Writes the `Location` of a click on this record into `out`: the `u=` deep

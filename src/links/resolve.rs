@@ -28,6 +28,8 @@ pub enum Route<'m, 'r> {
         /// From the request path for tracking links, from the record otherwise.
         partner_id: Option<&'r str>,
     },
+    /// `GET /stat.js` on a host with a `"stat": true` tracking record.
+    Stat(&'m Arc<Link>),
     /// Known host, no matching record, no fallback.
     NotFound,
     /// No record at all for this host.
@@ -36,6 +38,7 @@ pub enum Route<'m, 'r> {
 
 const APPLE_ASSOCIATION: &str = "/.well-known/apple-app-site-association";
 const ASSETLINKS: &str = "/.well-known/assetlinks.json";
+const STAT_SCRIPT: &str = "/stat.js";
 
 /// Resolves `path` on `host` (already normalized) at `now_ms`.
 pub fn resolve<'m, 'r>(map: &'m LinkMap, host: &str, path: &'r str, now_ms: i64) -> Route<'m, 'r>
@@ -69,6 +72,11 @@ where
         if let Some(file) = file {
             return Route::AppSite(site, file);
         }
+    }
+
+    // The STAT tag, only where a record asks for it: never a fallback's redirect.
+    if path == STAT_SCRIPT {
+        return links.stat.as_ref().map_or(Route::NotFound, Route::Stat);
     }
 
     if let Some(rest) = path.strip_prefix("/c/") {

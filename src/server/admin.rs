@@ -18,10 +18,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use super::edge::decide::{decide, Answer, Facts, Settings, VisitorFact};
 use super::edge::{bearer_refused, json_response, secret_digest, text};
 use super::reload::{reload_links, ReloadError};
 use super::AppState;
-use crate::destination::IncomingQuery;
+use crate::click_id::ClickId;
 use crate::links::{parse_record, resolve, LineError, RecordError, RecordKey, Route};
 
 /// The largest NDJSON body `PUT`/`DELETE /admin/links` take.
@@ -328,25 +329,71 @@ fn resolve_url(state: &AppState, query: Option<&str>) -> Response<Body> {
     let mut answer = json!({"url": target, "host": &*host, "path": path});
     let fields = answer.as_object_mut().expect("an object");
     match resolve(&map, &host, path, now_ms) {
-        Route::Redirect { link, partner_id } => {
-            let query = IncomingQuery::parse(url.query());
-            let mut location = String::new();
-            let deeplink = link.write_location(
-                &query,
-                &state.edge.click_id_param,
-                "{click_id}",
-                &mut location,
-            );
+        Route::Redirect { link, .. } => {
+            // What a click would get: the edge's own decision, with the
+            // request's parts the admin gives (`user_agent`, `accept_language`,
+            // `ip` for the country, `visitor` for a split's stickiness).
+            let param = |name: &str| {
+                form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                    .find(|(n, _)| n == name)
+                    .map(|(_, value)| value.into_owned())
+            };
+            let (user_agent, accept_language) = (param("user_agent"), param("accept_language"));
+            let ip = param("ip").and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+            let country = ip.and_then(|ip| state.edge.geoip.load().as_ref()?.country(ip));
+            let visitor = param("visitor")
+                .and_then(|v| ClickId::parse(&v))
+                .map_or(VisitorFact::NotTracked, VisitorFact::Known);
+            let facts = Facts {
+                method: &Method::GET,
+                host: Some(std::borrow::Cow::Borrowed(&*host)),
+                path,
+                query: url.query(),
+                user_agent: user_agent.as_deref().map(std::borrow::Cow::Borrowed),
+                accept_language: accept_language.as_deref().map(std::borrow::Cow::Borrowed),
+                country,
+                visitor,
+                now: SystemTime::now(),
+            };
+            let settings = Settings {
+                click_id_param: &state.edge.click_id_param,
+            };
+            let now = facts.now;
+            let Answer::Click(click) =
+                decide(&facts, &map, settings, &state.edge.classifier, || {
+                    ClickId::generate(now)
+                })
+            else {
+                unreachable!("a redirect route is a click");
+            };
+            let location = click
+                .sent_to()
+                .replace(click.click_id.as_str(), "{click_id}");
             let record = crate::links::Record::Link(link.clone());
-            fields.insert("result".into(), json!("redirect"));
+            fields.insert("result".into(), json!(click.event_outcome()));
             fields.insert("type".into(), json!(link.kind.as_str()));
             fields.insert("key".into(), json!(record.key().to_string()));
-            fields.insert("status".into(), json!(link.status.code()));
+            fields.insert("status".into(), json!(click.status()));
             fields.insert("location".into(), json!(location));
-            fields.insert("partner_id".into(), json!(partner_id));
+            fields.insert("partner_id".into(), json!(click.partner_id));
             fields.insert("campaign_id".into(), json!(link.campaign_id()));
             fields.insert("ad_id".into(), json!(link.ad_id()));
-            fields.insert("deeplink".into(), json!(deeplink));
+            fields.insert("deeplink".into(), json!(click.deeplink));
+            fields.insert("rule".into(), json!(click.rule));
+            fields.insert("variant".into(), json!(click.variant));
+            fields.insert("test".into(), json!(click.test));
+            fields.insert(
+                "country".into(),
+                json!(country.and_then(|c| String::from_utf8(c.to_vec()).ok())),
+            );
+            fields.insert("device".into(), json!(click.client.device.as_str()));
+            fields.insert("os".into(), json!(click.client.os.as_str()));
+        }
+        Route::Stat(link) => {
+            let record = crate::links::Record::Link(link.clone());
+            fields.insert("result".into(), json!("stat_script"));
+            fields.insert("key".into(), json!(record.key().to_string()));
+            fields.insert("status".into(), json!(200));
         }
         Route::AppSite(site, _) => {
             fields.insert("result".into(), json!("app_site"));

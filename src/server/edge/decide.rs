@@ -76,6 +76,14 @@ pub enum Answer<'m, 'r> {
     NotFound,
     /// A click on a record (a match, or the host's fallback).
     Click(ClickAnswer<'m, 'r>),
+    /// `GET /stat.js?partner=…` on a host with a stat record: the STAT tag
+    /// making that partner's links through `link` (SPEC §9).
+    StatScript {
+        link: &'m Link,
+        partner_id: Cow<'r, str>,
+    },
+    /// `/stat.js` with a missing or malformed `partner`: 400.
+    StatBadPartner,
 }
 
 /// A click: the way it is answered, and everything its event says.
@@ -165,6 +173,8 @@ impl Answer<'_, '_> {
             Answer::UnknownHost => (RequestType::None, Outcome::UnknownHost),
             Answer::NotFound => (RequestType::None, Outcome::NotFound),
             Answer::Click(click) => (request_type(click.link.kind), click.outcome()),
+            Answer::StatScript { .. } => (RequestType::Tracking, Outcome::StatScript),
+            Answer::StatBadPartner => (RequestType::Tracking, Outcome::BadRequest),
         }
     }
 }
@@ -202,6 +212,20 @@ where
         }
         Route::UnknownHost => return Answer::UnknownHost,
         Route::NotFound => return Answer::NotFound,
+        Route::Stat(link) => {
+            let partner = facts.query.and_then(|query| {
+                form_urlencoded::parse(query.as_bytes())
+                    .find(|(name, _)| name == "partner")
+                    .map(|(_, value)| value)
+            });
+            return match partner.filter(|p| crate::links::is_valid_id(p)) {
+                Some(partner_id) => Answer::StatScript {
+                    link,
+                    partner_id: Cow::Owned(partner_id.into_owned()),
+                },
+                None => Answer::StatBadPartner,
+            };
+        }
         Route::Redirect { link, partner_id } => (&**link, partner_id),
     };
 

@@ -9,6 +9,7 @@
 
 pub mod actions;
 pub mod decide;
+mod stat;
 
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
@@ -83,6 +84,7 @@ pub fn handle<B>(
             }
             response
         }
+        Answer::StatScript { link, partner_id } => stat::response(link, partner_id, request),
         other => render(other),
     };
     let (kind, outcome) = answer.labels();
@@ -136,7 +138,13 @@ fn render(answer: &Answer<'_, '_>) -> Response<Body> {
         }
         Answer::UnknownHost => text(StatusCode::NOT_FOUND, "unknown host\n"),
         Answer::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
-        Answer::Click(_) => unreachable!("clicks are rendered by render_click"),
+        Answer::StatBadPartner => text(
+            StatusCode::BAD_REQUEST,
+            "bad request: /stat.js needs ?partner= with a partner id (1-64 characters of [A-Za-z0-9_-])\n",
+        ),
+        Answer::Click(_) | Answer::StatScript { .. } => {
+            unreachable!("clicks and the STAT tag are rendered with the request")
+        }
     }
 }
 
