@@ -1,8 +1,11 @@
-//! The first-party tag end to end in headless Chromium (SPEC §8): a tracking
+//! The first-party tags end to end in headless Chromium. The action tag (SPEC
+//! §8): a tracking
 //! link on the edge lands on a local shop page carrying the tag; the tag keeps
 //! the click id in `ce_cid`; `clickedge.track('sale', …)` on a later page of the
 //! shop produces an `action.v1` whose `click_id` is the click event's. A page on
-//! an origin the brand did not list is refused.
+//! an origin the brand did not list is refused. The STAT tag (SPEC §9): a
+//! partner's links to the brand become tracking links, added ones too, others
+//! stay, and one followed through the edge lands where it pointed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,6 +49,23 @@ document.body.appendChild(frame);
             r#"<!doctype html><html><head>{tag}</head><body>
 <script>clickedge.track("sale", {{ order_id: "B-1", amount: "19.90", currency: "USD", items: [{{ sku: "SKU-9", quantity: 1 }}] }});</script>
 </body></html>"#
+        ),
+        // A partner's page with the STAT tag: links to the brand (before and
+        // after the script, and one added later), one elsewhere, one already
+        // a tracking link.
+        "/partner" => format!(
+            r#"<!doctype html><html><body>
+<a id="brand" href="https://www.acme.com/shoes?color=red">shoes</a>
+<a id="sub" href="http://shop.acme.com/deal">deal</a>
+<a id="other" href="https://other.example/page">elsewhere</a>
+<a id="tracked" href="http://acme.sjv.io:{edge}/c/4242/5678/9012">tracked</a>
+<script src="http://acme.sjv.io:{edge}/stat.js?partner=4242"></script>
+<a id="after" href="https://www.acme.com/after">after</a>
+<script>setTimeout(function () {{
+  var a = document.createElement("a"); a.id = "later"; a.href = "https://www.acme.com/later"; a.textContent = "later";
+  document.body.appendChild(a);
+}}, 50);</script>
+<img src="/slow"></body></html>"#
         ),
         // Another site copying the tag.
         "/foreign" => format!(
@@ -201,4 +221,136 @@ async fn the_tag_keeps_the_click_id_and_tracks_a_sale_from_the_brands_site_only(
     );
     let _: &Value = actions[0].field("event");
     edge.stop().await.unwrap();
+}
+
+/// The `href` of the element with `id` in a dumped DOM (entities as Chromium
+/// writes them).
+fn href_of(dom: &str, id: &str) -> String {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in {dom}"));
+    let tag_start = dom[..at].rfind('<').unwrap();
+    let tag = &dom[tag_start..tag_start + dom[tag_start..].find('>').unwrap()];
+    let href = tag
+        .split("href=\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no href in {tag}"));
+    href[..href.find('"').unwrap()].replace("&amp;", "&")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stat_tag_turns_a_partners_brand_links_into_tracking_links() {
+    let profile = tempfile::tempdir().unwrap();
+    let browser = || crate::support::chromium(profile.path(), &["acme.sjv.io", "shop.test"]);
+    if browser().is_none() {
+        return;
+    }
+    let edge_port = Arc::new(AtomicU16::new(0));
+    let shop = serve_shop(edge_port.clone()).await;
+    let links = concat!(
+        r#"{"type":"tracking","host":"acme.sjv.io","campaign_id":"9012","ad_id":"7000","url":"https://www.acme.com/","deeplink_hosts":["www.acme.com","*.acme.com"],"stat":true}"#,
+        "\n",
+        r#"{"type":"tracking","host":"acme.sjv.io","campaign_id":"9012","ad_id":"5678","url":"https://www.acme.com/summer"}"#,
+        "\n"
+    );
+    let edge = TestEdge::start(links, &[]).await;
+    let port = edge.http.port();
+    edge_port.store(port, Ordering::SeqCst);
+
+    let dom = dump_dom(
+        browser().unwrap(),
+        format!("http://shop.test:{}/partner", shop.port()),
+    )
+    .await;
+    let encode = |original: &str| {
+        // encodeURIComponent's escaping, as the tag writes it.
+        let mut out = String::new();
+        for b in original.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        format!("http://acme.sjv.io:{port}/c/4242/7000/9012?u={out}")
+    };
+    assert_eq!(
+        href_of(&dom, "brand"),
+        encode("https://www.acme.com/shoes?color=red")
+    );
+    assert_eq!(href_of(&dom, "sub"), encode("http://shop.acme.com/deal"));
+    assert_eq!(href_of(&dom, "after"), encode("https://www.acme.com/after"));
+    assert_eq!(
+        href_of(&dom, "later"),
+        encode("https://www.acme.com/later"),
+        "a link added later"
+    );
+    assert_eq!(
+        href_of(&dom, "other"),
+        "https://other.example/page",
+        "another site's link stays"
+    );
+    assert_eq!(
+        href_of(&dom, "tracked"),
+        format!("http://acme.sjv.io:{port}/c/4242/5678/9012"),
+        "a tracking link is not rewritten"
+    );
+    assert_eq!(
+        dom.matches("data-clickedge=").count(),
+        4,
+        "each brand link once: {dom}"
+    );
+
+    // Following one through the edge lands on the original URL, with a click id.
+    let rewritten = href_of(&dom, "brand");
+    let target = &rewritten[rewritten.find("/c/").unwrap()..];
+    let r = edge.get("acme.sjv.io", target).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert!(
+        r.location()
+            .starts_with("https://www.acme.com/shoes?color=red&clickid="),
+        "{}",
+        r.location()
+    );
+    let click_id = r.click_id("clickid");
+    let events = edge.events(1).await;
+    let event = crate::support::event_for(&events, &click_id);
+    assert_eq!(event.field("partner_id"), "4242");
+    assert_eq!(event.field("deeplink"), "accepted");
+
+    // The script itself: cached by ETag; a bad partner 400; no stat record 404.
+    let script = edge.get("acme.sjv.io", "/stat.js?partner=4242").await;
+    assert_eq!(script.header("cache-control"), Some("public, max-age=300"));
+    let etag = script.header("etag").unwrap().to_owned();
+    let again = edge
+        .get_with(
+            "acme.sjv.io",
+            "/stat.js?partner=4242",
+            &[("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(again.status, 304);
+    assert_eq!(
+        edge.get("acme.sjv.io", "/stat.js?partner=no%20spaces")
+            .await
+            .status,
+        400
+    );
+    assert_eq!(edge.get("acme.sjv.io", "/stat.js").await.status, 400);
+    edge.stop().await.unwrap();
+    let plain = TestEdge::start(
+        r#"{"type":"tracking","host":"acme.sjv.io","campaign_id":"1","ad_id":"1","url":"https://www.acme.com/"}
+{"type":"fallback","host":"acme.sjv.io","url":"https://www.acme.com/"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        plain
+            .get("acme.sjv.io", "/stat.js?partner=4242")
+            .await
+            .status,
+        404,
+        "not the fallback's redirect"
+    );
+    plain.stop().await.unwrap();
 }

@@ -279,3 +279,104 @@ async fn without_a_database_no_country_and_country_rules_never_hold() {
     assert_eq!(event(&events, &id)["country"], Value::Null);
     edge.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn admin_resolve_shows_the_rule_or_variant_a_request_would_get() {
+    let Some(geo) = geo(&["203.0.113.0/24=DE"], 1_790_000_000) else {
+        return;
+    };
+    let db = geo.path.to_str().unwrap().to_owned();
+    let edge = TestEdge::start(LINKS, &["--geoip-db", &db, "--admin-token", TOKEN]).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let resolve = |query: String| {
+        let bearer = bearer.clone();
+        let admin = edge.admin;
+        async move {
+            let r = request_with_body(
+                admin,
+                "GET",
+                "localhost",
+                &format!("/admin/resolve?{query}"),
+                &[("authorization", &bearer)],
+                String::new(),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            serde_json::from_str::<Value>(&r.body).unwrap()
+        }
+    };
+    let url = "url=https%3A%2F%2Facme.sjv.io%2Fc%2F1%2F5678%2F9012";
+    let german = resolve(format!("{url}&ip=203.0.113.9")).await;
+    assert_eq!(
+        (german["rule"].clone(), german["country"].clone()),
+        (serde_json::json!(1), serde_json::json!("DE"))
+    );
+    assert!(
+        german["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://www.acme.com/de/summer?clickid={click_id}"),
+        "{german}"
+    );
+    let iphone = resolve(format!("{url}&user_agent={}", urlencode(IPHONE))).await;
+    assert_eq!(
+        (iphone["rule"].clone(), iphone["os"].clone()),
+        (serde_json::json!(0), serde_json::json!("ios"))
+    );
+    let french = resolve(format!("{url}&accept_language=fr-FR")).await;
+    assert_eq!(french["rule"], 2);
+    // A visitor's variant, the same every time it is asked.
+    let visitor = "01HZY8X6Q6A1B2C3D4E5F6G7HA";
+    let first = resolve(format!("{url}&visitor={visitor}")).await;
+    assert_eq!(first["rule"], Value::Null);
+    assert!(first["variant"].is_u64(), "{first}");
+    for _ in 0..3 {
+        assert_eq!(
+            resolve(format!("{url}&visitor={visitor}")).await["variant"],
+            first["variant"]
+        );
+    }
+    let test = resolve("url=https%3A%2F%2Facme.pxf.io%2Ftest-link".to_owned()).await;
+    assert_eq!(test["test"], true);
+    edge.stop().await.unwrap();
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn bad_rules_splits_and_stat_records_name_the_line_and_reason() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        concat!(
+            r#"{"type":"tracking","host":"a.io","campaign_id":"1","ad_id":"1","url":"https://a.example/","rules":[{"if":{"planet":"mars"},"url":"https://a.example/m"}]}"#, "\n",
+            r#"{"type":"tracking","host":"a.io","campaign_id":"1","ad_id":"2","url":"https://a.example/","split":[{"url":"https://a.example/a","weight":0}]}"#, "\n",
+            r#"{"type":"tracking","host":"a.io","campaign_id":"1","ad_id":"3","url":"https://a.example/","stat":true}"#, "\n",
+            r#"{"type":"vanity","host":"a.io","slug":"s","partner_id":"1","campaign_id":"1","ad_id":"4","url":"https://a.example/","deeplink_hosts":["a.example"],"stat":true}"#, "\n",
+            r#"{"type":"tracking","host":"a.io","campaign_id":"1","ad_id":"5","url":"https://a.example/","rules":[{"if":{"device":"mobile"},"url":"javascript:alert(1)"}]}"#, "\n",
+            r#"{"type":"tracking","host":"a.io","campaign_id":"1","ad_id":"6","url":"https://a.example/"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let output = crate::cli::binary()
+        .args(["--check", "--links"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    for (line, reason) in [
+        (1, "rules[0]`.if: unknown condition `planet`"),
+        (2, "split[0]`.weight"),
+        (3, "needs `deeplink_hosts`"),
+        (4, "only a tracking record can carry `stat`"),
+        (5, "rules[0]`.url:"),
+    ] {
+        assert!(
+            said.lines()
+                .any(|l| l.contains(&format!("line {line}:")) && l.contains(reason)),
+            "line {line} {reason:?} in:\n{said}"
+        );
+    }
+}
