@@ -1,11 +1,14 @@
-//! The first-party tags end to end in headless Chromium. The action tag (SPEC
-//! §8): a tracking
-//! link on the edge lands on a local shop page carrying the tag; the tag keeps
-//! the click id in `ce_cid`; `clickedge.track('sale', …)` on a later page of the
-//! shop produces an `action.v1` whose `click_id` is the click event's. A page on
-//! an origin the brand did not list is refused. The STAT tag (SPEC §9): a
-//! partner's links to the brand become tracking links, added ones too, others
-//! stay, and one followed through the edge lands where it pointed.
+//! The first-party tags end to end in headless Chromium.
+//!
+//! The action tag (SPEC §8): a tracking link on the edge lands on a local shop
+//! page carrying the tag; the tag keeps the click id in `ce_cid`;
+//! `clickedge.track('sale', …)` on a later page of the shop produces an
+//! `action.v1` whose `click_id` is the click event's. A page on an origin the
+//! brand did not list is refused.
+//!
+//! The STAT tag (SPEC §9): a partner's links to the brand become tracking
+//! links, added ones too, others stay, and one followed through the edge lands
+//! where it pointed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -955,4 +955,121 @@ mod tests {
         assert!(!test, "only ce_test=1");
         assert!(!location.contains("ce_test"), "{location}");
     }
+
+    use proptest::prelude::*;
+
+    /// Destinations the generated records may name; deep links may point at
+    /// `www.acme.com` and `*.acme-shop.com`.
+    const URLS: [&str; 4] = [
+        "https://www.acme.com/x?a=1",
+        "https://eu.acme-shop.com/y",
+        "https://apps.apple.com/app/id1",
+        "http://www.acme.com/z#frag",
+    ];
+
+    fn allowed(host: &str) -> bool {
+        matches!(host, "www.acme.com" | "apps.apple.com")
+            || (host.ends_with(".acme-shop.com") && host.len() > ".acme-shop.com".len())
+    }
+
+    fn condition() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(r#""device":["mobile","tablet"]"#.to_owned()),
+            Just(r#""os":"ios""#.to_owned()),
+            Just(r#""country":["DE","FR"]"#.to_owned()),
+            Just(r#""language":"de""#.to_owned()),
+            Just(r#""query":{"subId1":"vip"}"#.to_owned()),
+        ]
+    }
+
+    fn record() -> impl Strategy<Value = String> {
+        let rule = (proptest::collection::vec(condition(), 0..3), 0..URLS.len()).prop_map(
+            |(conditions, url)| {
+                format!(
+                    r#"{{"if":{{{}}},"url":"{}"}}"#,
+                    conditions.join(","),
+                    URLS[url]
+                )
+            },
+        );
+        let variant = (0..URLS.len(), 1u32..100)
+            .prop_map(|(url, weight)| format!(r#"{{"url":"{}","weight":{weight}}}"#, URLS[url]));
+        (
+            proptest::collection::vec(rule, 0..6),
+            proptest::option::of(proptest::collection::vec(variant, 1..4)),
+            0..URLS.len(),
+        )
+            .prop_map(|(rules, split, url)| {
+                let split = split.map_or(String::new(), |v| format!(r#","split":[{}]"#, v.join(",")));
+                format!(
+                    r#"{{"type":"tracking","host":"acme.sjv.io","campaign_id":"1","ad_id":"1","url":"{}","deeplink_hosts":["www.acme.com","*.acme-shop.com"],"rules":[{}]{split}}}"#,
+                    URLS[url],
+                    rules.join(",")
+                )
+            })
+    }
+
+    fn target() -> impl Strategy<Value = String> {
+        let deeplink = prop_oneof![
+            Just("https%3A%2F%2Fwww.acme.com%2Fshoes"),
+            Just("https%3A%2F%2Fevil.example%2F"),
+            Just("%2F%2Fevil.example%2F"),
+            Just("https%3A%2F%2Fwww.acme.com.evil.example%2F"),
+            Just("javascript%3Aalert(1)"),
+        ];
+        (proptest::option::of(deeplink), any::<bool>(), any::<bool>()).prop_map(|(u, vip, test)| {
+            let mut query = vec!["keep=1".to_owned()];
+            if let Some(u) = u {
+                query.push(format!("u={u}"));
+            }
+            if vip {
+                query.push("subId1=vip".into());
+            }
+            if test {
+                query.push("ce_test=1".into());
+            }
+            format!("/c/9/1/1?{}", query.join("&"))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Whatever the rules and the split, and whatever the request, the
+        /// Location stays on a host the record names or its deep links allow.
+        #[test]
+        fn location_stays_on_an_allowed_host_whatever_the_rules(
+            line in record(),
+            target in target(),
+            agent in prop_oneof![Just(IPHONE), Just(ANDROID), Just(DESKTOP)],
+            country in proptest::option::of(prop_oneof![Just(*b"DE"), Just(*b"FR"), Just(*b"US")]),
+            language in proptest::option::of(prop_oneof![Just("de-DE"), Just("en")]),
+        ) {
+            let map = load_str(&line, "prop", true).unwrap().map;
+            let (path, query) = target.split_once('?').unwrap();
+            let facts = Facts {
+                method: &Method::GET,
+                host: Some(Cow::Borrowed("acme.sjv.io")),
+                path,
+                query: Some(query),
+                user_agent: Some(Cow::Borrowed(agent)),
+                accept_language: language.map(Cow::Borrowed),
+                country,
+                visitor: VisitorFact::Unknown,
+                now: SystemTime::now(),
+            };
+            let mut ids = [CLICK, NEW_VISITOR].into_iter();
+            let settings = Settings { click_id_param: "clickid" };
+            let new_id = || ClickId::parse(ids.next().unwrap()).unwrap();
+            let Answer::Click(click) = decide(&facts, &map, settings, &Classifier::new(), new_id) else {
+                panic!("not a click");
+            };
+            let location = url::Url::parse(&click.location).unwrap();
+            let host = location.host_str().unwrap();
+            prop_assert!(allowed(host), "{host} from {line} {target}");
+            let with_id = format!("clickid={}", CLICK);
+            prop_assert!(click.location.contains(&with_id));
+            prop_assert!(!click.location.contains("ce_test"));
+        }
+    }
 }
