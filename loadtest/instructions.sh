@@ -5,6 +5,7 @@
 #   loadtest/instructions.sh                 # the release build of this checkout
 #   BIN=/path/to/clickedge loadtest/instructions.sh   # another build (A/B)
 #   SECONDS_UNDER_LOAD=20 CONNECTIONS=16 loadtest/instructions.sh
+#   LINKS=file.ndjson EXTRA_ARGS="--geoip-db x.mmdb" loadtest/instructions.sh   # other links, flags
 #
 # The edge runs under `valgrind --tool=callgrind --separate-threads=yes` with the
 # sample links, its events going to a tansu broker (outside valgrind, so the
@@ -41,7 +42,7 @@ sleep 1
 
 RUST_LOG=warn valgrind --tool=callgrind --separate-threads=yes --compress-strings=no --compress-pos=no \
   --callgrind-out-file="$work/cg.%p" \
-  "$BIN" --http 127.0.0.1:18380 --admin 127.0.0.1:19380 --links examples/links.ndjson \
+  "$BIN" --http 127.0.0.1:18380 --admin 127.0.0.1:19380 --links "${LINKS:-examples/links.ndjson}" ${EXTRA_ARGS:-} \
   --kafka-brokers 127.0.0.1:19292 --spool-dir "$work/spool" 2>"$work/edge.log" &
 edge=$!
 for _ in $(seq 600); do curl -fsS http://127.0.0.1:19380/readyz >/dev/null 2>&1 && break; sleep 0.1; done
