@@ -15,7 +15,8 @@
 //!   drain; `server::edge` the request path in phases: parse → decide (pure) →
 //!   render → emit → count.
 //! - [`host`]: host names normalized and checked in one place.
-//! - [`links`]: records, the map and `resolve`; [`destination`]: the `Location`.
+//! - [`links`]: records, the map and `resolve`, rules and splits compiled at load;
+//!   [`destination`]: the `Location`; [`geoip`]: the client's country.
 //! - [`click_id`], [`useragent`], [`event`]: the click's id, device and event.
 //! - [`action`]: the conversions side: one reported action checked (JSON or a
 //!   pixel's query), and its `action.v1` event; `server::edge::actions` serves
