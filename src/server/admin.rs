@@ -106,7 +106,7 @@ where
             if let Err(refused) = authorize(state, &request) {
                 return *refused;
             }
-            resolve_url(state, request.uri().query())
+            resolve_url(state, request.uri().query(), request.headers())
         }
         ("/admin/resolve", _) => not_allowed("GET"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -299,7 +299,7 @@ async fn reload(state: &Arc<AppState>) -> Response<Body> {
 
 /// What a URL would resolve to now, without a click: the record, and the
 /// `Location` with `{click_id}` where the click id would go.
-fn resolve_url(state: &AppState, query: Option<&str>) -> Response<Body> {
+fn resolve_url(state: &AppState, query: Option<&str>, headers: &http::HeaderMap) -> Response<Body> {
     let target = form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(name, _)| name == "url")
         .map(|(_, value)| value.into_owned());
@@ -333,15 +333,27 @@ fn resolve_url(state: &AppState, query: Option<&str>) -> Response<Body> {
             // What a click would get: the edge's own decision, with the
             // request's parts the admin gives (`user_agent`, `accept_language`,
             // `ip` for the country, `visitor` for a split's stickiness).
-            let param = |name: &str| {
+            // A parameter, else the admin request's own header of that name
+            // (`ip`: the first address of `X-Forwarded-For`).
+            let param = |name: &str, header: &str| {
                 form_urlencoded::parse(query.unwrap_or("").as_bytes())
                     .find(|(n, _)| n == name)
                     .map(|(_, value)| value.into_owned())
+                    .or_else(|| {
+                        let value = headers.get(header)?.to_str().ok()?;
+                        let value = match header {
+                            "x-forwarded-for" => value.split(',').next()?.trim(),
+                            _ => value,
+                        };
+                        Some(value.to_owned())
+                    })
             };
-            let (user_agent, accept_language) = (param("user_agent"), param("accept_language"));
-            let ip = param("ip").and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+            let user_agent = param("user_agent", "user-agent");
+            let accept_language = param("accept_language", "accept-language");
+            let ip =
+                param("ip", "x-forwarded-for").and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
             let country = ip.and_then(|ip| state.edge.geoip.load().as_ref()?.country(ip));
-            let visitor = param("visitor")
+            let visitor = param("visitor", "x-clickedge-visitor")
                 .and_then(|v| ClickId::parse(&v))
                 .map_or(VisitorFact::NotTracked, VisitorFact::Known);
             let facts = Facts {

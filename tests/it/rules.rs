@@ -336,6 +336,27 @@ async fn admin_resolve_shows_the_rule_or_variant_a_request_would_get() {
             first["variant"]
         );
     }
+    // The same from the admin request's own headers.
+    let r = request_with_body(
+        edge.admin,
+        "GET",
+        "localhost",
+        &format!("/admin/resolve?{url}"),
+        &[
+            ("authorization", &bearer),
+            ("user-agent", BROWSER_UA),
+            ("accept-language", "fr"),
+            ("x-forwarded-for", "203.0.113.9, 10.0.0.1"),
+        ],
+        String::new(),
+    )
+    .await;
+    let by_headers: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        (by_headers["rule"].clone(), by_headers["country"].clone()),
+        (serde_json::json!(1), serde_json::json!("DE")),
+        "{by_headers}"
+    );
     let test = resolve("url=https%3A%2F%2Facme.pxf.io%2Ftest-link".to_owned()).await;
     assert_eq!(test["test"], true);
     edge.stop().await.unwrap();
