@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
     ACCESS_CONTROL_MAX_AGE, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
-    ETAG, IF_NONE_MATCH, ORIGIN, RETRY_AFTER, USER_AGENT, VARY, X_CONTENT_TYPE_OPTIONS,
+    ORIGIN, RETRY_AFTER, USER_AGENT, VARY,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -25,7 +25,7 @@ use tracing::debug;
 use super::super::client_ip::{self, Client};
 use super::super::request::{header_text, request_host};
 use super::super::AppState;
-use super::{bearer_refused, json_response, secret_digest};
+use super::{bearer_refused, etag_of, json_response, script_response, secret_digest};
 use crate::action::event::{ActionEvent, Receipt};
 use crate::action::query::from_query;
 use crate::action::{parse_action, Action, ActionError, Context};
@@ -395,14 +395,9 @@ impl TagScript {
     pub fn new(click_id_param: &str) -> TagScript {
         let param = serde_json::to_string(click_id_param).expect("a string serializes");
         let body = TAG_SOURCE.replace("\"__CLICK_ID_PARAM__\"", &param);
-        let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
-        let hex: String = digest.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         TagScript {
+            etag: etag_of(body.as_bytes()),
             body: Bytes::from(body),
-            etag: HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a header value"),
         }
     }
 }
@@ -413,32 +408,7 @@ fn tag<B>(state: &AppState, request: &Request<B>) -> Response<Body> {
         return not_allowed("GET, HEAD");
     }
     let script = &state.edge.tag;
-    let unchanged = request
-        .headers()
-        .get_all(IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|tag| tag.trim() == script.etag || tag.trim() == "*");
-    let mut response = if unchanged {
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        response
-    } else {
-        Response::new(Full::new(script.body.clone()))
-    };
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    headers.insert(ETAG, script.etag.clone());
-    headers.insert(
-        CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
-    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    response
+    script_response(script.body.clone(), script.etag.clone(), request)
 }
 
 /// Whether the bearer key is one of the brand's test keys (`Some(true)`), one

@@ -380,19 +380,13 @@ mod tests {
         click: Option<ClickSummary>,
     }
 
-    fn decided(ask: &Ask<'_>) -> Decided {
-        let (answer, _) = decided_with(ask);
-        answer
-    }
-
-    /// Also the click's ids and whether it is recorded.
-    fn decided_with(ask: &Ask<'_>) -> (Decided, Option<(Option<String>, bool, bool)>) {
-        let map = load_str(LINKS, "test", true).unwrap().map;
+    /// What the parse phase would read from `ask`, at `now`.
+    fn facts_of<'a>(ask: &'a Ask<'a>, now: SystemTime) -> Facts<'a> {
         let (path, query) = match ask.target.split_once('?') {
             Some((path, query)) => (path, Some(query)),
             None => (ask.target, None),
         };
-        let facts = Facts {
+        Facts {
             method: &ask.method,
             host: ask.host.map(Cow::Borrowed),
             path,
@@ -401,8 +395,22 @@ mod tests {
             accept_language: ask.accept_language.map(Cow::Borrowed),
             country: ask.country,
             visitor: ask.visitor,
-            now: UNIX_EPOCH + std::time::Duration::from_millis(1_800_000_000_000),
-        };
+            now,
+        }
+    }
+
+    fn decided(ask: &Ask<'_>) -> Decided {
+        let (answer, _) = decided_with(ask);
+        answer
+    }
+
+    /// Also the click's ids and whether it is recorded.
+    fn decided_with(ask: &Ask<'_>) -> (Decided, Option<(Option<String>, bool, bool)>) {
+        let map = load_str(LINKS, "test", true).unwrap().map;
+        let facts = facts_of(
+            ask,
+            UNIX_EPOCH + std::time::Duration::from_millis(1_800_000_000_000),
+        );
         let mut ids = [CLICK, NEW_VISITOR].into_iter();
         let answer = decide(
             &facts,
@@ -814,21 +822,7 @@ mod tests {
     /// (rule, variant, the location without its click id, test) of a click.
     fn ruled(ask: &Ask<'_>) -> (Option<usize>, Option<usize>, String, bool) {
         let map = load_str(RULES, "test", true).unwrap().map;
-        let (path, query) = match ask.target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (ask.target, None),
-        };
-        let facts = Facts {
-            method: &ask.method,
-            host: ask.host.map(Cow::Borrowed),
-            path,
-            query,
-            user_agent: ask.user_agent.map(Cow::Borrowed),
-            accept_language: ask.accept_language.map(Cow::Borrowed),
-            country: ask.country,
-            visitor: ask.visitor,
-            now: SystemTime::now(),
-        };
+        let facts = facts_of(ask, SystemTime::now());
         let mut ids = [CLICK, NEW_VISITOR].into_iter();
         let settings = Settings {
             click_id_param: "clickid",

@@ -304,6 +304,55 @@ pub(super) fn secret_digest(secret: &str) -> [u8; 32] {
     digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
+/// The `ETag` of a script's bytes: the first 8 bytes of their SHA-256, in hex.
+pub(super) fn etag_of(body: &[u8]) -> HeaderValue {
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a header value")
+}
+
+/// A script the edge serves (the action tag, the STAT tag): `304` when the
+/// request already holds this version, else the body; browsers keep it five
+/// minutes.
+pub(super) fn script_response<B>(
+    body: Bytes,
+    etag: HeaderValue,
+    request: &Request<B>,
+) -> Response<Body> {
+    let unchanged = request
+        .headers()
+        .get_all(http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| tag.trim() == etag || tag.trim() == "*");
+    let mut response = if unchanged {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        Response::new(Full::new(body))
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    headers.insert(http::header::ETAG, etag);
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
 /// A short plain-text answer (also used by the admin listener).
 pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));

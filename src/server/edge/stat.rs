@@ -6,8 +6,7 @@
 //! accepted deep link.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, X_CONTENT_TYPE_OPTIONS};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::Full;
 
 use crate::links::Link;
@@ -32,36 +31,6 @@ pub fn response<B>(link: &Link, partner_id: &str, request: &Request<B>) -> Respo
             "__PATTERNS__",
             &serde_json::to_string(&patterns).expect("strings serialize"),
         );
-    let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
-    let etag: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let etag = HeaderValue::from_str(&format!("\"{etag}\"")).expect("hex is a header value");
-    let unchanged = request
-        .headers()
-        .get_all(IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|tag| tag.trim() == etag || tag.trim() == "*");
-    let mut response = if unchanged {
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        response
-    } else {
-        Response::new(Full::new(Bytes::from(body)))
-    };
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    headers.insert(ETAG, etag);
-    headers.insert(
-        CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
-    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    response
+    let etag = super::etag_of(body.as_bytes());
+    super::script_response(Bytes::from(body), etag, request)
 }
