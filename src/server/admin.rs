@@ -332,8 +332,8 @@ fn resolve_url(state: &AppState, query: Option<&str>, headers: &http::HeaderMap)
         Route::Redirect { link, .. } => {
             // What a click would get: the edge's own decision, with the
             // request's parts the admin gives (`user_agent`, `accept_language`,
-            // `ip` for the country, `visitor` for a split's stickiness).
-            // A parameter, else the admin request's own header of that name
+            // `ip` for the country, `visitor` for a split's stickiness), each a
+            // parameter, else the admin request's own header of that name
             // (`ip`: the first address of `X-Forwarded-For`).
             let param = |name: &str, header: &str| {
                 form_urlencoded::parse(query.unwrap_or("").as_bytes())
@@ -365,7 +365,8 @@ fn resolve_url(state: &AppState, query: Option<&str>, headers: &http::HeaderMap)
                 accept_language: accept_language.as_deref().map(std::borrow::Cow::Borrowed),
                 country,
                 visitor,
-                now: SystemTime::now(),
+                // The instant `resolve` above used: the same record in service.
+                now: UNIX_EPOCH + std::time::Duration::from_millis(now_ms.max(0) as u64),
             };
             let settings = Settings {
                 click_id_param: &state.edge.click_id_param,
