@@ -275,7 +275,7 @@ async fn the_stat_tag_turns_a_partners_brand_links_into_tracking_links() {
                 out.push_str(&format!("%{b:02X}"));
             }
         }
-        format!("http://acme.sjv.io:{port}/c/4242/7000/9012?u={out}")
+        format!("https://acme.sjv.io/c/4242/7000/9012?u={out}")
     };
     assert_eq!(
         href_of(&dom, "brand"),
@@ -304,7 +304,8 @@ async fn the_stat_tag_turns_a_partners_brand_links_into_tracking_links() {
         "each brand link once: {dom}"
     );
 
-    // Following one through the edge lands on the original URL, with a click id.
+    // Following one through the edge (over the test's plain HTTP: the tag
+    // writes https) lands on the original URL, with a click id.
     let rewritten = href_of(&dom, "brand");
     let target = &rewritten[rewritten.find("/c/").unwrap()..];
     let r = edge.get("acme.sjv.io", target).await;

@@ -6,12 +6,7 @@
   var host = "__HOST__";
   var path = "__PATH__";
   var patterns = __PATTERNS__;
-  var script = d.currentScript;
   var origin = "https://" + host;
-  try {
-    var own = new URL(script.src, d.baseURI);
-    if (own.hostname === host) origin = own.origin;
-  } catch (e) {}
   function brands(name) {
     name = name.toLowerCase().replace(/\.$/, "");
     for (var i = 0; i < patterns.length; i++) {
