@@ -474,6 +474,16 @@ impl Metrics {
         self.events[topic as usize][result as usize].increment(count);
     }
 
+    /// Counts events of both topics at once (`counts` by [`Topic`]), skipping
+    /// a topic with none.
+    pub fn events_by_topic(&self, result: EventResult, counts: [u64; 2]) {
+        for topic in Topic::ALL {
+            if counts[topic as usize] > 0 {
+                self.event(topic, result, counts[topic as usize]);
+            }
+        }
+    }
+
     /// Counts `count` action reports of a request on `channel`.
     pub fn actions(&self, channel: ActionChannel, result: ActionResult, count: u64) {
         self.actions[channel as usize][result as usize].increment(count);

@@ -535,7 +535,7 @@ impl Pump {
                     self.send_unspooled(topic, key, value);
                 }
             }
-            self.count_spooled(spooled);
+            self.metrics.events_by_topic(EventResult::Spooled, spooled);
             return;
         }
         self.journal.writable.store(true, Ordering::Relaxed);
@@ -560,17 +560,7 @@ impl Pump {
             }
             spooled[topic as usize] += 1;
         }
-        self.count_spooled(spooled);
-    }
-
-    /// Counts the events of a turn left in the spool, by topic.
-    fn count_spooled(&self, spooled: [u64; 2]) {
-        for topic in Topic::ALL {
-            if spooled[topic as usize] > 0 {
-                self.metrics
-                    .event(topic, EventResult::Spooled, spooled[topic as usize]);
-            }
-        }
+        self.metrics.events_by_topic(EventResult::Spooled, spooled);
     }
 
     /// Appends `bytes`, whole frames (`frames`: each one's key, value and end
@@ -900,12 +890,7 @@ impl Pump {
                 lost[topic as usize] += 1;
             }
         }
-        for topic in Topic::ALL {
-            if lost[topic as usize] > 0 {
-                self.metrics
-                    .event(topic, EventResult::Dropped, lost[topic as usize]);
-            }
-        }
+        self.metrics.events_by_topic(EventResult::Dropped, lost);
         let lost: u64 = lost.iter().sum();
         if lost > 0 {
             error!(

@@ -257,9 +257,10 @@ where
         return not_allowed("GET, HEAD, POST, OPTIONS");
     }
     let query = request.uri().query().unwrap_or_default().to_owned();
+    // What a refusal is counted as; a valid query form says the same.
+    let channel = channel_of_query(&query);
     if method == Method::POST && origin.is_some() && !allowed {
         // A page of another site: no grant, no event.
-        let channel = channel_of_query(&query);
         state
             .metrics
             .actions(channel, ActionResult::Unauthorized, 1);
@@ -270,7 +271,6 @@ where
     }
     let reporter = Reporter::of(&request, client);
     let report = if method == Method::POST {
-        let channel = channel_of_query(&query);
         match read_body(request, MAX_BEACON_BODY).await {
             Ok(body) => match std::str::from_utf8(&body) {
                 Ok(text) => Ok((text.trim().to_owned(), channel)),
@@ -291,7 +291,7 @@ where
                 };
                 (form.json, channel)
             })
-            .map_err(|error| (channel_of_query(&query), error.to_string()))
+            .map_err(|error| (channel, error.to_string()))
     };
     // A HEAD asks what the pixel is, it reports nothing.
     if method != Method::HEAD {
