@@ -20,15 +20,7 @@ async fn a_tracking_click_event_matches_its_request_field_by_field() {
         )
         .await;
     let click_id = r.click_id("clickid");
-    let visitor = r
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .strip_prefix("ce_vid=")
-        .unwrap()
-        .to_owned();
+    let visitor = r.cookie_pair().strip_prefix("ce_vid=").unwrap().to_owned();
 
     let events = edge.events(1).await;
     assert_eq!(events.len(), 1, "exactly one event: {events:?}");
@@ -221,13 +213,7 @@ async fn only_tracked_gets_produce_events() {
 async fn returning_visitor_and_privacy_signals() {
     let edge = TestEdge::start(LINKS, &[]).await;
     let first = edge.get("acme.sjv.io", "/c/1/5678/9012").await;
-    let pair = first
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let pair = first.cookie_pair().to_owned();
     let vid = pair.strip_prefix("ce_vid=").unwrap().to_owned();
     let again = edge
         .get_with(

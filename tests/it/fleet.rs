@@ -31,7 +31,9 @@ use crate::cli::Running;
 use crate::support::{
     consume_blocking, eventually, free_port, produce, request, sample, BROWSER_UA, LINKS,
 };
-use crate::tansu::{create_topic, require_tansu, start_broker, start_haproxy, Broker, KillOnDrop};
+use crate::tansu::{
+    create_topic, require_tansu, start_broker_with_event_topics, start_haproxy, Broker, KillOnDrop,
+};
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -134,9 +136,7 @@ impl Fleet {
     }
 
     async fn start(tansu: &std::path::PathBuf) -> Fleet {
-        let broker = start_broker(tansu);
-        create_topic(&broker.address, "clicks", 3).await;
-        create_topic(&broker.address, "actions", 3).await;
+        let broker = start_broker_with_event_topics(tansu, 3).await;
         create_topic(&broker.address, "links", 1).await;
         let dir = tempfile::tempdir().unwrap();
         let links = dir.path().join("links.ndjson");

@@ -65,6 +65,20 @@ fn check_schema(events: &[Consumed]) {
     }
 }
 
+/// `POST /admin/reload`: the links, and the GeoIP database with them.
+async fn reload(edge: &TestEdge) -> crate::support::TestResponse {
+    let bearer = format!("Bearer {TOKEN}");
+    request_with_body(
+        edge.admin,
+        "POST",
+        "localhost",
+        "/admin/reload",
+        &[("authorization", &bearer)],
+        String::new(),
+    )
+    .await
+}
+
 struct Geo {
     _dir: tempfile::TempDir,
     path: PathBuf,
@@ -141,13 +155,7 @@ async fn rules_country_language_query_split_and_test_clicks_over_sockets() {
     );
     // No rule holds: the split, by the visitor; the same visitor keeps it.
     let first = edge.get_with("acme.sjv.io", path, &from("192.0.2.1")).await;
-    let cookie = first
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = first.cookie_pair().to_owned();
     let split_id = first.click_id("clickid");
     let variant_url = first.location().split('?').next().unwrap().to_owned();
     assert!(
@@ -219,16 +227,8 @@ async fn rules_country_language_query_split_and_test_clicks_over_sockets() {
     let old = r#"clickedge_geoip_info{database="clickedge-Test-Country",build_epoch="1790000000"}"#;
     assert_eq!(sample(&edge.metrics().await, old), Some(1.0));
     write_geoip(&geo.path, 1_790_086_400, &["203.0.113.0/24=AT"]).unwrap();
-    let reload = request_with_body(
-        edge.admin,
-        "POST",
-        "localhost",
-        "/admin/reload",
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-        String::new(),
-    )
-    .await;
-    assert_eq!(reload.status, 200, "{}", reload.body);
+    let reloaded = reload(&edge).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
     let (_, austrian_id) = click(&edge, "acme.sjv.io", path, &from("203.0.113.9")).await;
     let metrics = edge.metrics().await;
     assert_eq!(sample(&metrics, old), Some(0.0));
@@ -241,16 +241,12 @@ async fn rules_country_language_query_split_and_test_clicks_over_sockets() {
     );
     // A database that cannot be read keeps the loaded one.
     std::fs::write(&geo.path, b"broken").unwrap();
-    let reload = request_with_body(
-        edge.admin,
-        "POST",
-        "localhost",
-        "/admin/reload",
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-        String::new(),
-    )
-    .await;
-    assert_eq!(reload.status, 200, "links still reload: {}", reload.body);
+    let reloaded = reload(&edge).await;
+    assert_eq!(
+        reloaded.status, 200,
+        "links still reload: {}",
+        reloaded.body
+    );
     let (_, still_id) = click(&edge, "acme.sjv.io", path, &from("203.0.113.9")).await;
     let events = edge.events(13).await;
     assert_eq!(event(&events, &austrian_id)["country"], "AT");

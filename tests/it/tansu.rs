@@ -127,6 +127,16 @@ pub fn start_haproxy(config: &std::path::Path, port: u16) -> KillOnDrop {
     proxy
 }
 
+/// A tansu broker with the edge's two event topics (`clicks`, `actions`) of
+/// `partitions` each: the edge counts Kafka as up only when both answer.
+pub async fn start_broker_with_event_topics(tansu: &PathBuf, partitions: i32) -> Broker {
+    let broker = start_broker(tansu);
+    for topic in ["clicks", "actions"] {
+        create_topic(&broker.address, topic, partitions).await;
+    }
+    broker
+}
+
 /// tansu 0.6 does not auto-create topics.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -163,9 +173,7 @@ async fn clicks_reach_a_real_broker_and_read_back_in_full() {
     let Some(tansu) = require_tansu() else {
         return;
     };
-    let broker = start_broker(&tansu);
-    create_topic(&broker.address, "clicks", 3).await;
-    create_topic(&broker.address, "actions", 3).await;
+    let broker = start_broker_with_event_topics(&tansu, 3).await;
 
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
@@ -303,9 +311,7 @@ async fn a_hung_broker_under_traffic_loses_no_click() {
     let Some(tansu) = require_tansu() else {
         return;
     };
-    let broker = start_broker(&tansu);
-    create_topic(&broker.address, "clicks", 3).await;
-    create_topic(&broker.address, "actions", 3).await;
+    let broker = start_broker_with_event_topics(&tansu, 3).await;
     let (edge, http) = Running::serve(&[
         "--kafka-brokers",
         &broker.address,
@@ -354,9 +360,7 @@ async fn the_links_topic_upserts_and_deletes_through_a_real_broker() {
     let Some(tansu) = require_tansu() else {
         return;
     };
-    let broker = start_broker(&tansu);
-    create_topic(&broker.address, "clicks", 1).await;
-    create_topic(&broker.address, "actions", 1).await;
+    let broker = start_broker_with_event_topics(&tansu, 1).await;
     create_topic(&broker.address, "links", 1).await;
     let vanity = r#"{"type":"vanity","host":"new.pxf.io","slug":"fresh","partner_id":"9","campaign_id":"9","ad_id":"9","url":"https://www.acme.com/fresh"}"#;
     produce(
@@ -573,9 +577,7 @@ async fn a_thousand_actions_survive_a_broker_outage_in_the_middle() {
     let Some(tansu) = require_tansu() else {
         return;
     };
-    let broker = start_broker(&tansu);
-    create_topic(&broker.address, "clicks", 1).await;
-    create_topic(&broker.address, "actions", 3).await;
+    let broker = start_broker_with_event_topics(&tansu, 3).await;
     // The embedded sample links: brand acme, its development action key.
     let (edge, http) = Running::serve(&[
         "--kafka-brokers",

@@ -249,6 +249,13 @@ impl TestResponse {
         self.header("location").expect("a Location header")
     }
 
+    /// The `name=value` the response's `Set-Cookie` sets (its attributes left
+    /// out): what a browser sends back in `Cookie`.
+    pub fn cookie_pair(&self) -> &str {
+        let cookie = self.header("set-cookie").expect("a Set-Cookie header");
+        cookie.split(';').next().unwrap_or_default()
+    }
+
     /// The click id the redirect carries in `param`.
     pub fn click_id(&self, param: &str) -> String {
         let url = url::Url::parse(self.location()).unwrap();
